@@ -1,0 +1,42 @@
+"""The ``mnistlab`` command: one module per command, each a few lines over a library function.
+
+A user mistake (``MnistlabError``) becomes one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mnistlab import __version__
+from mnistlab.errors import MnistlabError
+
+# Each name is a module ``mnistlab.cli.<name>`` with ``register(subparsers)``.
+COMMANDS = ["data", "train", "evaluate"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnistlab", description="MNIST-style image classification on PyTorch: data, train, look, export, predict."
+    )
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"mnistlab.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MnistlabError as e:
+        print(f"mnistlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("mnistlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1

@@ -1,0 +1,103 @@
+"""``mnistlab data``: list where data sets are found, import or download them, look at them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from mnistlab.datasets import SPECS, describe_locations, get_spec, import_dataset, load
+from mnistlab.datasets import download as dl
+from mnistlab.datasets.store import data_home
+from mnistlab.errors import DatasetError
+from mnistlab.plots import image_grid
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="list, import, download and look at data sets")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    q = dsub.add_parser("list", help="where each data set is looked for, in order, and what is there")
+    q.add_argument("--data-dir", help="an explicit folder, looked at first")
+    q.set_defaults(func=cmd_list)
+
+    q = dsub.add_parser("import", help="verify a folder of IDX files or a Keras .npz, copy it into the data home")
+    q.add_argument("name", choices=list(SPECS), help="data set name")
+    q.add_argument("path", help="folder with the four IDX files (gzipped or not), or a Keras-style .npz")
+    q.set_defaults(func=cmd_import)
+
+    q = dsub.add_parser("download", help="download a data set into the data home from its mirrors")
+    q.add_argument("name", choices=list(SPECS), help="data set name")
+    q.add_argument("--mirror", action="append", help="base URL to try (repeatable; default: built-in list or $MNISTLAB_MIRRORS)")
+    q.add_argument("--timeout", type=float, default=30.0, help="seconds per connection (default: 30)")
+    q.set_defaults(func=cmd_download)
+
+    q = dsub.add_parser("show", help="print one image as the lesson does (the 28x28 array) and its label")
+    q.add_argument("name", help="data set name or path")
+    q.add_argument("--index", type=int, default=0, help="image index (default: 0)")
+    q.add_argument("--split", choices=("train", "test"), default="train", help="split (default: train)")
+    q.set_defaults(func=cmd_show)
+
+    q = dsub.add_parser("grid", help="save a labelled grid of sample images as PNG")
+    q.add_argument("name", help="data set name or path")
+    q.add_argument("-o", "--output", default="grid.png", help="PNG file to write (default: grid.png)")
+    q.add_argument("--count", type=int, default=40, help="number of images (default: 40)")
+    q.add_argument("--split", choices=("train", "test"), default="train", help="split (default: train)")
+    q.add_argument("--seed", type=int, default=None, help="pick random images with this seed (default: the first ones)")
+    q.set_defaults(func=cmd_grid)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print(f"data home: {data_home()}  (set MNISTLAB_HOME to move it)")
+    for spec in SPECS.values():
+        print(f"{spec.name}: {spec.title}")
+        for i, row in enumerate(describe_locations(spec, args.data_dir), 1):
+            print(f"  {i}. {row['kind']:<9} {row['path']}  [{row['state']}]")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    dest = import_dataset(args.name, args.path)
+    print(f"imported {args.name} from {args.path} into {dest} (content verified)")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    spec = get_spec(args.name)
+    assert spec is not None
+    dest = data_home() / spec.name
+    dl.download(spec, dest, mirrors=args.mirror, timeout=args.timeout, progress=sys.stdout.isatty() or True)
+    print(f"{spec.name}: files verified in {dest}")
+    return 0
+
+
+def _split(name: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    ds = load(name)
+    return (ds.x_train, ds.y_train, ds.class_names) if split == "train" else (ds.x_test, ds.y_test, ds.class_names)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    x, y, names = _split(args.name, args.split)
+    if not -len(x) <= args.index < len(x):
+        raise DatasetError(f"--index {args.index} out of range: the {args.split} split has {len(x)} images")
+    with np.printoptions(linewidth=200, threshold=10**6):
+        print(np.asarray(x[args.index]))
+    label = int(y[args.index])
+    print(f"label: {label} ({names[label]})" if names[label] != str(label) else f"label: {label}")
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    x, y, names = _split(args.name, args.split)
+    if args.count < 1:
+        raise DatasetError(f"--count must be ≥ 1, got {args.count}")
+    count = min(args.count, len(x))
+    if args.seed is None:
+        idx = np.arange(count)
+    else:
+        idx = np.sort(np.random.default_rng(args.seed).choice(len(x), count, replace=False))
+    titles = [f"#{i}: {names[int(y[i])]}" for i in idx]
+    path = image_grid(np.asarray(x[idx]), titles, args.output, title=f"{args.name} ({args.split})")
+    print(f"wrote {path} ({count} images)")
+    return 0

@@ -1,0 +1,28 @@
+"""``mnistlab evaluate RUN``: loss, accuracy and per-class accuracy on the test split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mnistlab.engine import ACC
+from mnistlab.runs import evaluate_run
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on the test split")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint to use (default: best)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    r = evaluate_run(args.run, args.which)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{r['checkpoint']}: test loss {r['loss']:.4f}, accuracy {r[ACC]:.4f} on {r['n']} images")
+    for name, acc in r["per_class"].items():
+        print(f"  {name:>12}: {acc:.4f}")
+    return 0

@@ -1,0 +1,17 @@
+"""Data sets with Keras's shapes and dtypes, found offline first and verified by content."""
+
+from mnistlab.datasets.specs import FASHION_MNIST, MNIST, SPECS, DatasetSpec, get_spec
+from mnistlab.datasets.store import Dataset, data_home, describe_locations, import_dataset, load
+
+__all__ = [
+    "FASHION_MNIST",
+    "MNIST",
+    "SPECS",
+    "Dataset",
+    "DatasetSpec",
+    "data_home",
+    "describe_locations",
+    "get_spec",
+    "import_dataset",
+    "load",
+]

@@ -1,0 +1,121 @@
+"""Fetch a data set's files from a list of mirrors, verifying content before anything is kept.
+
+Each file is streamed into a temp file beside its destination; only after the body is complete and its
+uncompressed MD5 matches the canonical one is it renamed into place. Any failure (HTTP error, timeout,
+truncated body, bad digest) moves on to the next mirror, and the temp file is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mnistlab.datasets import idx
+from mnistlab.datasets.specs import PARTS, DatasetSpec
+from mnistlab.errors import DatasetError, DownloadError
+from mnistlab.progress import Progbar
+
+CHUNK = 1 << 16
+
+
+def mirrors_for(spec: DatasetSpec, mirrors: list[str] | None = None) -> list[str]:
+    """Mirrors to try, in order: ``mirrors`` if given, else ``$MNISTLAB_MIRRORS`` (comma-separated), else built-in."""
+    if mirrors:
+        return list(mirrors)
+    env = os.environ.get("MNISTLAB_MIRRORS", "").strip()
+    if env:
+        return [m.strip() for m in env.split(",") if m.strip()]
+    return list(spec.mirrors)
+
+
+def _fetch(url: str, dest: Path, timeout: float, progress: bool) -> Path:
+    """Stream ``url`` into a temp file in ``dest``'s folder; return the temp path (caller renames)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".download", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            bar = Progbar(total, unit="B", byte_units=True, enabled=progress)
+            got = 0
+            while chunk := resp.read(CHUNK):
+                out.write(chunk)
+                got += len(chunk)
+                bar.update(got)
+            if total is not None and got != total:
+                raise DatasetError(f"truncated body ({got} of {total} bytes)")
+            bar.update(got, finalize=True)
+            out.flush()
+            os.fsync(out.fileno())
+        return Path(tmp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code}"
+    if isinstance(e, urllib.error.URLError):
+        r = e.reason
+        return "timeout" if isinstance(r, socket.timeout | TimeoutError) else str(r)
+    if isinstance(e, socket.timeout | TimeoutError):
+        return "timeout"
+    if isinstance(e, http.client.IncompleteRead):
+        return f"truncated body ({len(e.partial)} bytes read)"
+    if isinstance(e, DatasetError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def download(
+    spec: DatasetSpec,
+    dest_dir: Path,
+    *,
+    mirrors: list[str] | None = None,
+    timeout: float = 30.0,
+    progress: bool = True,
+    parts: list[str] | None = None,
+) -> None:
+    """Download the missing IDX files of ``spec`` into ``dest_dir`` as ``<canonical name>.gz``.
+
+    Raises ``DownloadError`` naming every URL tried and where to place the files by hand.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    todo = parts if parts is not None else list(PARTS.values())
+    urls = mirrors_for(spec, mirrors)
+    for part in todo:
+        dest = dest_dir / f"{part}.gz"
+        tried: list[str] = []
+        for base in urls:
+            url = base.rstrip("/") + f"/{part}.gz"
+            if progress:
+                print(f"Downloading {url}", flush=True)
+            try:
+                tmp = _fetch(url, dest, timeout, progress)
+            except (OSError, http.client.HTTPException, DatasetError) as e:
+                tried.append(f"{url} ({_reason(e)})")
+                continue
+            try:
+                actual = idx.md5(idx.read_bytes(tmp))
+                if actual != spec.md5[part]:
+                    raise DatasetError(f"content MD5 {actual}, expected {spec.md5[part]}")
+            except DatasetError as e:
+                tmp.unlink(missing_ok=True)
+                tried.append(f"{url} ({str(e).removeprefix(str(tmp) + ': ')})")
+                continue
+            os.replace(tmp, dest)
+            break
+        else:
+            names = ", ".join(f"{p}.gz" for p in PARTS.values())
+            raise DownloadError(
+                f"could not download {spec.name}: tried {'; '.join(tried) or 'no mirrors'}. "
+                f"Place {names} in {dest_dir}/ by hand, or run "
+                f"`mnistlab data import {spec.name} PATH` on a folder or Keras .npz you fetched elsewhere"
+            )

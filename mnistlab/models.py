@@ -1,0 +1,191 @@
+"""Model presets and a Keras-like ``summary()``.
+
+Every model takes images as ``(N, C, H, W)`` float tensors scaled to 0..1 (see ``preprocess``) and
+returns logits; the softmax is folded into the loss, and ``Trainer.predict`` returns probabilities.
+
+>>> model = mlp()
+>>> print(summary(model, (1, 28, 28)))  # doctest: +ELLIPSIS
+Model: "mlp"...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mnistlab.errors import ConfigError
+
+
+class Named(nn.Sequential):
+    """A ``Sequential`` that remembers which preset built it, so a checkpoint can rebuild it."""
+
+    def __init__(self, name: str, *layers: nn.Module, **spec: object) -> None:
+        super().__init__(*layers)
+        self.preset = name
+        self.spec = {"name": name, **spec}
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with fixed numbers (buffers, not parameters): input scaling that travels with
+    the model, so predict and export apply exactly what training used."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        if not std > 0:
+            raise ConfigError(f"Standardize: std must be > 0, got {std}")
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _norm_layers(normalize: list[float] | tuple[float, float] | None) -> list[nn.Module]:
+    return [Standardize(*normalize)] if normalize else []
+
+
+def mlp(
+    in_shape: tuple[int, int, int] = (1, 28, 28),
+    num_classes: int = 10,
+    hidden: int = 128,
+    normalize: list[float] | None = None,
+) -> Named:
+    """The lesson's model: Flatten → Dense 128 relu → Dense 10 (softmax in the loss); 101,770 parameters.
+
+    ``normalize=[mean, std]`` puts a parameter-free ``Standardize`` layer in front (used by the fast preset).
+    """
+    c, h, w = in_shape
+    return Named(
+        "mlp",
+        *_norm_layers(normalize),
+        nn.Flatten(),
+        nn.Linear(c * h * w, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+        in_shape=list(in_shape),
+        num_classes=num_classes,
+        hidden=hidden,
+        normalize=list(normalize) if normalize else None,
+    )
+
+
+def lenet5(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> Named:
+    """LeNet-5 (LeCun 1998) with ReLU and max-pooling: conv 6@5x5 → pool → conv 16@5x5 → pool → 120 → 84."""
+    c, h, w = in_shape
+    fh, fw = (h // 2 - 4) // 2, (w // 2 - 4) // 2
+    return Named(
+        "lenet5",
+        nn.Conv2d(c, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * fh * fw, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, num_classes),
+        in_shape=list(in_shape),
+        num_classes=num_classes,
+    )
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def cnn(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, width: int = 32) -> Named:
+    """A fast 5-conv network with batch norm: [w, w] → pool → [2w, 2w] → pool → 4w → global pool → linear."""
+    c, _, _ = in_shape
+    w = width
+    return Named(
+        "cnn",
+        *_conv_bn(c, w),
+        *_conv_bn(w, w),
+        nn.MaxPool2d(2),
+        *_conv_bn(w, 2 * w),
+        *_conv_bn(2 * w, 2 * w),
+        nn.MaxPool2d(2),
+        *_conv_bn(2 * w, 4 * w),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * w, num_classes),
+        in_shape=list(in_shape),
+        num_classes=num_classes,
+        width=width,
+    )
+
+
+MODELS: dict[str, Callable[..., Named]] = {"mlp": mlp, "lenet5": lenet5, "cnn": cnn}
+
+
+def build_model(name: str, **kwargs: object) -> Named:
+    """Build a preset by name; ``kwargs`` as in the preset's function (``in_shape``, ``num_classes``, …)."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
+    try:
+        return MODELS[name](**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model {name!r}: {e}") from None
+
+
+def from_spec(spec: dict) -> Named:
+    """Rebuild a preset from the ``spec`` it recorded (as stored in a checkpoint)."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"model spec has no preset name: {spec}")
+    if "in_shape" in spec:
+        spec["in_shape"] = tuple(spec["in_shape"])
+    return build_model(name, **spec)
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def summary(model: nn.Module, in_shape: tuple[int, int, int] = (1, 28, 28), name: str | None = None) -> str:
+    """A Keras-like table of layers, output shapes and parameter counts (returned, not printed)."""
+    rows: list[tuple[str, str, int]] = []
+    hooks = []
+
+    def hook(mod: nn.Module, _inp: object, out: object, label: str) -> None:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else "?"
+        shape_s = "(None, " + ", ".join(map(str, shape[1:])) + ")" if shape != "?" else "?"
+        rows.append((label, shape_s, sum(p.numel() for p in mod.parameters(recurse=False))))
+
+    for mod_name, mod in model.named_modules():
+        if len(list(mod.children())) == 0:
+            label = f"{mod_name or 'model'} ({type(mod).__name__})"
+            hooks.append(mod.register_forward_hook(lambda m, i, o, label=label: hook(m, i, o, label)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            device = param.device if param is not None else "cpu"
+            model(torch.zeros((1, *in_shape), device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    total = count_params(model)
+    trainable = count_params(model, trainable_only=True)
+    w1 = max([len("Layer (type)")] + [len(r[0]) for r in rows]) + 2
+    w2 = max([len("Output Shape")] + [len(r[1]) for r in rows]) + 2
+    w3 = 14
+    line = lambda ch: ch * (w1 + w2 + w3 + 4)  # noqa: E731
+    out = [f'Model: "{name or getattr(model, "preset", type(model).__name__)}"', line("━")]
+    out.append(f" {'Layer (type)':<{w1}}{'Output Shape':<{w2}}{'Param #':>{w3}}")
+    out.append(line("━"))
+    for label, shape, n in rows:
+        out.append(f" {label:<{w1}}{shape:<{w2}}{n:>{w3},}")
+    out.append(line("━"))
+    out.append(f" Total params: {total:,}")
+    out.append(f" Trainable params: {trainable:,}")
+    out.append(f" Non-trainable params: {total - trainable:,}")
+    return "\n".join(out)

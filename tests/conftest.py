@@ -1,0 +1,77 @@
+"""Shared fixtures: an isolated data home, real data paths, a subprocess runner, a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+EMBEDDED = ROOT / "mnistlab" / "datasets" / "data" / "mnist"
+
+
+def shared_dataset(name: str) -> Path:
+    """``../shared/datasets/<name>``, the real files; falls back to what ships or Debian installs."""
+    folder = SHARED / name
+    if folder.is_dir():
+        return folder
+    fallback = {"mnist": EMBEDDED, "fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}[name]
+    if not fallback.is_dir():
+        pytest.skip(f"no {name} files here")
+    return fallback
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data home for the whole session, so the decoded-data cache is shared by read-only tests."""
+    return tmp_path_factory.mktemp("mnistlab-home")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(monkeypatch: pytest.MonkeyPatch, session_home: Path) -> None:
+    # Never touch the user's ~/.mnistlab from a test.
+    monkeypatch.setenv("MNISTLAB_HOME", str(session_home))
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A fresh, empty data home for tests that write into it."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("MNISTLAB_HOME", str(h))
+    return h
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m mnistlab ARGS`` in a real subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Selenium through the system chromedriver."""
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_bin:
+        pytest.skip("chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,900"):  # fmt: skip
+        opts.add_argument(flag)
+    drv = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        yield drv
+    finally:
+        drv.quit()
