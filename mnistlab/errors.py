@@ -35,3 +35,7 @@ class ExportError(MnistlabError):
 
 class ImageError(MnistlabError):
     """An input image cannot be read or holds nothing to recognise."""
+
+
+class EmptyImageError(ImageError):
+    """An image that was read fine but shows nothing to recognise (a blank canvas, a photo of paper)."""

@@ -1,0 +1,292 @@
+"""Recognise real pictures with a trained run: the library behind ``mnistlab predict`` and the web page.
+
+Every picture goes through :func:`mnistlab.preprocess.prepare_image`, chosen for the run's data set
+(digits for MNIST, clothes for Fashion-MNIST), so the model sees what it was trained on; each
+:class:`Prediction` keeps that 28×28 input so a user can check it.
+
+>>> predictions = predict_images("runs/main", ["photo_of_a_7.jpg"])    # doctest: +SKIP
+>>> predictions[0].name, round(predictions[0].probability, 3)          # doctest: +SKIP
+('7', 0.998)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mnistlab import fileio
+from mnistlab.checkpoint import load_checkpoint
+from mnistlab.errors import ConfigError, ImageError, MnistlabError
+from mnistlab.preprocess import KINDS, ImageSource, Prepared, kind_for, prepare_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Prediction:
+    """The answer for one picture: the class, its probability, all probabilities, and the input seen.
+
+    ``error`` is set (and the rest empty) when the picture could not be used.
+    """
+
+    source: str
+    class_names: tuple[str, ...] = ()
+    probabilities: list[float] = field(default_factory=list)
+    prepared: Prepared | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def index(self) -> int | None:
+        return int(np.argmax(self.probabilities)) if self.probabilities else None
+
+    @property
+    def name(self) -> str | None:
+        return self.class_names[self.index] if self.index is not None else None
+
+    @property
+    def probability(self) -> float:
+        return float(max(self.probabilities)) if self.probabilities else 0.0
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most likely classes as ``(name, probability)``, most likely first."""
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(self.class_names[i], float(self.probabilities[i])) for i in order]
+
+    def to_dict(self, with_input: bool = False) -> dict:
+        """JSON-ready: ``source``, ``class``, ``index``, ``probability``, ``top`` (3), ``probabilities``
+        (by class name), and with ``with_input`` the 28×28 input as nested lists of 0..255."""
+        if not self.ok:
+            return {"source": self.source, "error": self.error}
+        d = {
+            "source": self.source,
+            "class": self.name,
+            "index": self.index,
+            "probability": self.probability,
+            "top": [{"class": n, "probability": p} for n, p in self.top(3)],
+            "probabilities": dict(zip(self.class_names, map(float, self.probabilities), strict=True)),
+        }
+        if self.prepared is not None:
+            d["thickened"] = self.prepared.thickened
+            if with_input:
+                d["input"] = self.prepared.image.tolist()
+        return d
+
+    def line(self) -> str:
+        """One line for people: ``photo.jpg: 7 (99.1%)  top 3: 7 99.1%, 1 0.5%, 9 0.2%``."""
+        if not self.ok:
+            return f"{self.source}: error: {self.error}"
+        top = ", ".join(f"{n} {p:.1%}" for n, p in self.top(3))
+        return f"{self.source}: {self.name} ({self.probability:.1%})  top 3: {top}"
+
+
+class Predictor:
+    """A run's model, loaded once, with the preprocessing its data set needs.
+
+    >>> predictor = Predictor("runs/main")                         # doctest: +SKIP
+    >>> predictor.predict_one("digit.png").name                    # doctest: +SKIP
+    '3'
+    """
+
+    def __init__(
+        self,
+        run: str | os.PathLike[str],
+        which: str = "best",
+        kind: str | None = None,
+        thicken: bool | None = None,
+        device: str = "cpu",
+    ) -> None:
+        if kind is not None and kind not in KINDS:
+            raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        self.loaded = load_checkpoint(run, which, device)
+        self.class_names = self.loaded.class_names
+        dataset = self.loaded.meta.get("dataset") or self.loaded.config.get("dataset")
+        self.kind = kind or kind_for(dataset, self.class_names)
+        self.thicken = thicken
+        self.in_shape = self.loaded.in_shape
+
+    def prepare(self, src: ImageSource, name: str | None = None) -> Prepared:
+        """The model's input for one picture (raises ``ImageError`` for unreadable or empty pictures)."""
+        c, h, w = self.in_shape
+        return prepare_image(src, self.kind, size=(h, w), channels=c, thicken=self.thicken, name=name)
+
+    def predict_prepared(self, prepared: Sequence[Prepared]) -> np.ndarray:
+        """Probabilities ``(N, classes)`` for inputs made by :meth:`prepare`, in one batch."""
+        c = self.in_shape[0]
+        x = np.stack([p.image for p in prepared])
+        if c == 3 and x.ndim == 3:  # a gray picture for a colour model
+            x = np.repeat(x[..., None], 3, axis=-1)
+        return self.loaded.predict(x)
+
+    def predict(
+        self, sources: Iterable[ImageSource], names: Sequence[str] | None = None, errors: str = "raise"
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per picture. ``errors="keep"`` records a bad picture's error in its
+        Prediction and goes on; ``"raise"`` (the default) raises the first ``ImageError``."""
+        if errors not in ("raise", "keep"):
+            raise ConfigError(f"errors must be 'raise' or 'keep', got {errors!r}")
+        sources = list(sources)
+        names = list(names) if names is not None else [_describe(s, i) for i, s in enumerate(sources)]
+        out = [Prediction(name, self.class_names) for name in names]
+        good: list[tuple[int, Prepared]] = []
+        for i, (src, name) in enumerate(zip(sources, names, strict=True)):
+            try:
+                good.append((i, self.prepare(src, name)))
+            except ImageError as e:
+                if errors == "raise":
+                    raise
+                out[i].error = _without_prefix(str(e), name)
+        if good:
+            probs = self.predict_prepared([p for _, p in good])
+            for (i, prepared), row in zip(good, probs, strict=True):
+                out[i].probabilities = [float(v) for v in row]
+                out[i].prepared = prepared
+        return out
+
+    def predict_one(self, src: ImageSource, name: str | None = None) -> Prediction:
+        """The prediction for one picture; raises ``ImageError`` when it cannot be used."""
+        return self.predict([src], [name or _describe(src, 0)])[0]
+
+    def info(self) -> dict:
+        """What the web page shows about the model: architecture, classes, test accuracy, preprocessing."""
+        spec = self.loaded.spec
+        n_params = sum(p.numel() for p in self.loaded.model.parameters())
+        return {
+            "architecture": spec.get("name"),
+            "spec": spec,
+            "parameters": int(n_params),
+            "classes": list(self.class_names),
+            "dataset": (self.loaded.meta.get("dataset") or {}).get("name") or self.loaded.config.get("dataset"),
+            "test_accuracy": _test_accuracy(self.loaded.path, self.loaded.meta),
+            "kind": self.kind,
+            "input_shape": list(self.in_shape),
+            "checkpoint": str(self.loaded.path),
+        }
+
+
+def _describe(src: ImageSource, i: int) -> str:
+    return str(src) if isinstance(src, str | os.PathLike) else f"image {i + 1}"
+
+
+def _without_prefix(message: str, name: str) -> str:
+    return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
+
+
+def _test_accuracy(checkpoint: Path, meta: dict) -> float | None:
+    """From the run's ``result.json`` when training finished, else the best validation accuracy."""
+    result = checkpoint.parent / "result.json"
+    try:
+        return float(json.loads(result.read_text())["test"]["sparse_categorical_accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    best = (meta.get("history") or {}).get("best") or {}
+    value = best.get("value") if "accuracy" in str(best.get("monitor", "")) else None
+    return float(value) if value is not None else None
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Paths as given, with each folder replaced by the pictures directly inside it (sorted by name).
+
+    Raises ``ImageError`` for a folder holding no pictures; missing files are left for the caller
+    to report one by one.
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ImageError(f"{p}: no pictures in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def save_inputs(predictions: Sequence[Prediction], folder: str | os.PathLike[str]) -> list[Path]:
+    """Write each prediction's 28×28 input as ``<folder>/<picture name>.png`` (atomically); names
+    that repeat (same file name in two folders) get ``-2``, ``-3``…"""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ImageError(f"{folder}: exists and is not a folder")
+    written: list[Path] = []
+    used: set[str] = set()
+    for i, pred in enumerate(predictions):
+        if pred.prepared is None:
+            continue
+        stem = Path(pred.source).stem if pred.source else f"image-{i + 1}"
+        name, n = stem, 1
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(name)
+        path = folder / f"{name}.png"
+        fileio.write_bytes(path, pred.prepared.to_png())
+        written.append(path)
+    return written
+
+
+def predict_images(
+    run: str | os.PathLike[str],
+    inputs: Iterable[ImageSource],
+    *,
+    which: str = "best",
+    kind: str | None = None,
+    thicken: bool | None = None,
+    save_input: str | os.PathLike[str] | None = None,
+    errors: str = "raise",
+) -> list[Prediction]:
+    """Predict every picture in ``inputs`` (paths, folders of pictures, bytes, arrays, PIL images).
+
+    ``save_input`` writes the 28×28 inputs the model saw as PNGs there; ``errors="keep"`` records
+    bad pictures in their Prediction instead of raising.
+    """
+    predictor = Predictor(run, which=which, kind=kind, thicken=thicken)
+    items = list(inputs)
+    paths = [i for i in items if isinstance(i, str | os.PathLike)]
+    if len(paths) == len(items):
+        items = list(expand_inputs(paths))
+    predictions = predictor.predict(items, errors=errors)
+    if save_input is not None:
+        save_inputs(predictions, save_input)
+    return predictions
+
+
+def interactive(
+    predictor: Predictor,
+    ask: Callable[[str], str] = input,
+    say: Callable[[str], None] = print,
+    save_input: str | os.PathLike[str] | None = None,
+) -> int:
+    """The lesson's app as a loop: ask for a picture's path, say what it shows, ask again.
+
+    An empty answer, ``q`` or end of input stops; a bad path or a picture that is not one is
+    reported and the question asked again. Returns how many pictures were recognised.
+    """
+    done = 0
+    while True:
+        try:
+            answer = ask("picture path (empty line or q to quit): ").strip()
+        except EOFError:
+            say("")
+            return done
+        if answer in ("", "q", "quit", "exit"):
+            return done
+        path = answer.strip("'\"")  # paths dragged into a terminal arrive quoted
+        try:
+            pred = predictor.predict_one(path, path)
+        except MnistlabError as e:
+            say(f"error: {e}")
+            continue
+        if save_input is not None:
+            save_inputs([pred], save_input)
+        say(pred.line())
+        done += 1

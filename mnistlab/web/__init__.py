@@ -1,0 +1,258 @@
+"""The app ("给图识物") as a web page: draw or upload a picture, see what the model thinks and what it saw.
+
+``create_app(run)`` builds a FastAPI app around one loaded run; ``serve(run)`` runs it with uvicorn on
+127.0.0.1. Everything the page needs (HTML, JS, CSS) ships in this package, so it works offline.
+
+API:
+- ``POST /api/predict``: a picture as a multipart upload (field ``file``), a PNG/JPEG data URL
+  (multipart field ``image``, or JSON ``{"image": "data:image/png;base64,..."}``), or raw ``image/*``
+  bytes → ``{"class", "index", "probability", "probabilities", "top", "input", "input_pixels", ...}``;
+- ``GET /api/model``: architecture, classes, test accuracy, preprocessing;
+- ``GET /healthz``.
+
+Bad input gets a JSON ``{"error": "..."}`` with a 4xx status: 400 (not an image, malformed JSON, bad
+data URL), 413 (upload larger than ``max_upload`` bytes), 415 (unsupported content type), 422 (nothing
+to recognise, e.g. an empty canvas). Server faults answer 500 with no traceback (it goes to the log).
+
+>>> app = create_app("runs/main")                 # doctest: +SKIP
+>>> serve("runs/main", port=8000)                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mnistlab.errors import ConfigError, EmptyImageError, ImageError
+from mnistlab.predict import Prediction, Predictor
+
+MAX_UPLOAD = 4 * 1024 * 1024
+STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+          "style.css": "text/css; charset=utf-8"}  # fmt: skip
+# The page may only talk to this server: a stray CDN link would fail here, not silently phone out.
+CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'"
+log = logging.getLogger("mnistlab.web")
+
+
+class ApiError(Exception):
+    """A client mistake, answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _static_files() -> dict[str, bytes]:
+    folder = resources.files("mnistlab.web") / "static"
+    return {name: (folder / name).read_bytes() for name in STATIC}
+
+
+def create_app(
+    run: str | os.PathLike[str],
+    which: str = "best",
+    kind: str | None = None,
+    thicken: bool | None = None,
+    max_upload: int = MAX_UPLOAD,
+) -> FastAPI:
+    """A FastAPI app serving the page and the JSON API for the model in ``run``."""
+    if max_upload < 1:
+        raise ConfigError(f"max_upload must be ≥ 1 byte, got {max_upload}")
+
+    predictor = Predictor(run, which=which, kind=kind, thicken=thicken)
+    files = _static_files()
+    # No /docs: Swagger UI loads its JS from a CDN, and the page must work offline.
+    app = FastAPI(title="mnistlab", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.predictor = predictor
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_req: Request, e: ApiError) -> JSONResponse:
+        return error(e.status, e.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
+        return error(e.status_code, str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req: Request, e: RequestValidationError) -> JSONResponse:
+        return error(422, f"invalid request: {e.errors()[:1]}")
+
+    @app.exception_handler(Exception)
+    async def _crash(req: Request, e: Exception) -> JSONResponse:
+        log.exception("error serving %s %s", req.method, req.url.path)
+        return error(500, "internal error (see the server log)")
+
+    @app.middleware("http")
+    async def _headers(req: Request, call_next: Any) -> Any:
+        response = await call_next(req)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.api_route("/", methods=["GET", "HEAD"])
+    async def index() -> Response:
+        return Response(files["index.html"], media_type=STATIC["index.html"])
+
+    @app.get("/static/{name}")
+    async def static(name: str) -> Response:
+        if name not in files or name == "index.html":
+            raise ApiError(404, f"no such file: {name}")
+        return Response(files[name], media_type=STATIC[name], headers={"Cache-Control": "max-age=300"})
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/api/model")
+    async def model() -> dict:
+        return predictor.info()
+
+    @app.post("/api/predict")
+    async def predict(request: Request) -> dict:
+        t0 = time.perf_counter()
+        data, name = await _read_picture(request, max_upload)
+        try:
+            pred = await run_in_threadpool(predictor.predict_one, data, name)
+        except EmptyImageError as e:
+            raise ApiError(422, str(e)) from None
+        except ImageError as e:
+            raise ApiError(400, str(e)) from None
+        return _answer(pred, predictor.kind, time.perf_counter() - t0)
+
+    return app
+
+
+def _answer(pred: Prediction, kind: str, seconds: float) -> dict:
+    d = pred.to_dict()
+    d.pop("source", None)
+    prepared = pred.prepared
+    assert prepared is not None
+    d["classes"] = list(pred.class_names)
+    d["input"] = "data:image/png;base64," + base64.b64encode(prepared.to_png()).decode("ascii")
+    d["input_pixels"] = prepared.image.tolist()
+    d["kind"] = kind
+    d["bbox"] = list(prepared.bbox) if prepared.bbox else None
+    d["time_ms"] = round(seconds * 1000, 2)
+    return d
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) before or while it arrives."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError(400, f"bad Content-Length header: {length!r}")
+        if int(length) > limit:
+            raise ApiError(413, f"upload too large: {int(length):,} bytes (the limit is {limit:,})")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"upload too large: more than {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_picture(request: Request, limit: int) -> tuple[bytes, str]:
+    """The picture's bytes and a name for messages, from any of the accepted request shapes."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await _read_body(request, limit)
+    if not body:
+        raise ApiError(400, "empty request: send a picture (multipart field 'file', a data URL, or image bytes)")
+    if ctype == "multipart/form-data":
+        # Parse the body already read (and size-checked) by replaying it to a fresh Request.
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=2, max_fields=20, max_part_size=limit)
+        except Exception as e:  # python-multipart raises several types for broken bodies
+            raise ApiError(400, f"malformed multipart body: {e}") from None
+        upload = form.get("file")
+        if upload is not None and not isinstance(upload, str):
+            data = await upload.read()
+            if not data:
+                raise ApiError(400, f"the uploaded file {upload.filename!r} is empty")
+            return data, upload.filename or "upload"
+        if isinstance(form.get("image"), str):
+            return _data_url(form["image"]), "image"
+        raise ApiError(400, "multipart body without a 'file' upload or an 'image' data URL")
+    if ctype == "application/json":
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"malformed JSON: {e}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
+            raise ApiError(400, 'JSON body must be an object {"image": "data:image/png;base64,..."}')
+        return _data_url(obj["image"]), "image"
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        return body, "upload"
+    raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data, JSON or image/*")
+
+
+def _data_url(url: str) -> bytes:
+    """Bytes of a ``data:image/...;base64,`` URL (plain base64 is accepted too)."""
+    payload = url
+    if url.startswith("data:"):
+        header, sep, payload = url.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise ApiError(400, "image must be a base64 data URL like data:image/png;base64,...")
+        if not header[5:].startswith("image/"):
+            raise ApiError(400, f"data URL is not an image: {header[:40]!r}")
+    try:
+        data = base64.b64decode(payload.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "image data URL holds invalid base64") from None
+    if not data:
+        raise ApiError(400, "image data URL is empty")
+    return data
+
+
+def serve(
+    run: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    which: str = "best",
+    kind: str | None = None,
+    thicken: bool | None = None,
+    max_upload: int = MAX_UPLOAD,
+    access_log: bool = True,
+    threads: int = 1,
+) -> None:
+    """Serve the page and API with uvicorn until interrupted (localhost only unless ``host`` says so).
+
+    ``threads`` is torch's per-request thread count: one picture is too small to gain from more, and
+    concurrent requests already keep every core busy.
+    """
+    import torch
+    import uvicorn
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must lie in 0..65535, got {port}")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    app = create_app(run, which=which, kind=kind, thicken=thicken, max_upload=max_upload)
+    print(f"mnistlab: serving {app.state.predictor.loaded.path} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info" if access_log else "warning")
