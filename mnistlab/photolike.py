@@ -167,6 +167,8 @@ def _paper(W: int, H: int, rng: np.random.Generator) -> np.ndarray:
 def _ink_alpha(digit: np.ndarray, W: int, H: int, rng: np.random.Generator) -> np.ndarray:
     """The digit as ink coverage 0..1, enlarged, thinned or thickened, tilted, and placed off-centre."""
     d = digit.astype(np.float32) / 255.0
+    if not d.any():  # a blank page: photos of nothing, to check that nothing is found
+        return np.zeros((H, W), np.float32)
     rows, cols = np.nonzero(d.any(1))[0], np.nonzero(d.any(0))[0]
     d = np.pad(d[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 2)
     height = rng.uniform(0.2, 0.7) * min(W, H)

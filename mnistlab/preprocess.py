@@ -53,7 +53,11 @@ TARGET_STROKE = 0.11
 # Ink must stand out from the paper's noise by this many noise sigmas (at its 90th percentile). Leftover
 # shading on blank photos of paper reaches 9; the faintest pencil in our photo-like test set is at 13.
 STRONG_INK = 11.0
+# A border whose values spread less than this (5th to 90th percentile) is a flat background: a canvas,
+# a clean scan, an MNIST image. Photos of paper spread more (noise, texture, light), and get an estimate.
+FLAT_BORDER = 0.025
 
+FULL_SIZE = "mnistlab.full_size"  # key in a PIL image's info: its size in the file, when decoded smaller
 ImageSource = Image.Image | np.ndarray | bytes | bytearray | str | os.PathLike
 
 
@@ -140,11 +144,15 @@ def _decode(f: io.BytesIO, where: str) -> Image.Image:
         try:
             im = Image.open(f)
             _check_pixels(im.size, where)  # from the header, before any pixel is decoded
+            full = im.size
             if im.format == "JPEG":
                 # Let the JPEG decoder scale down by 2/4/8 while decoding: much faster for photos.
                 im.draft(im.mode, (WORK_SIDE, WORK_SIDE))
             im.load()
             im = ImageOps.exif_transpose(im) or im  # phone photos store "rotate me" in EXIF
+            if im.size != full:  # remember the real size, so boxes are reported in its pixels
+                turned = (im.width > im.height) != (full[0] > full[1])
+                im.info[FULL_SIZE] = full[::-1] if turned else full
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"{where}: image too large (a decompression bomb?)") from None
         except UnidentifiedImageError:
@@ -261,6 +269,12 @@ def prepare_image(
         prepared = _prepare_fashion(gray)
     else:
         prepared = _prepare_digit(gray, thicken)
+    if FULL_SIZE in im.info:  # decoded smaller than stored (JPEG draft): report in the file's pixels
+        full = im.info[FULL_SIZE]
+        f = full[0] / im.width
+        prepared.source_size = tuple(full)
+        if prepared.bbox:
+            prepared.bbox = tuple(min(round(v * f), full[i % 2]) for i, v in enumerate(prepared.bbox))
     if prepared.empty and not allow_empty:
         what = "digit" if kind == "digit" else "object"
         raise EmptyImageError(f"{where}: no {what} found ({'; '.join(prepared.notes) or 'the picture is blank'})")
@@ -393,10 +407,21 @@ def _thumb_filter(x: np.ndarray, radius: float, how: str) -> np.ndarray:
     return _upsample(_blur3(_blur3(out.astype(np.float32))), x.shape)
 
 
-def _background(x: np.ndarray) -> np.ndarray:
-    """A smooth estimate of the (dark) background under bright ink: a grey opening with a window
-    wider than any stroke (a fifth of the picture) but narrower than the soft shadows and light
-    gradients of a photo, which it keeps."""
+def _background(x: np.ndarray) -> np.ndarray | float:
+    """The (dark) background under bright ink.
+
+    A picture whose border is evenly lit (a canvas, a scan, an MNIST image) has a flat background:
+    its level, taken from the border. Otherwise (a photo) a smooth estimate: a grey opening with a
+    window wider than a stroke (a fifth of the picture) but narrower than the soft shadows and light
+    gradients, which it keeps. The opening is not used on flat pictures because a bold digit filling
+    the frame has blobs of ink wider than its window, which it would take for background.
+    """
+    h, w = x.shape
+    m = max(2, round(0.04 * min(h, w)))
+    border = np.concatenate([x[:m].ravel(), x[-m:].ravel(), x[:, :m].ravel(), x[:, -m:].ravel()])
+    lo, hi = np.percentile(border, [5, 90])
+    if hi - lo < FLAT_BORDER:
+        return float(lo)  # a lower envelope, like the opening: the paper's noise stays above it
     return _thumb_filter(x, 0.1, "opening")
 
 
@@ -497,7 +522,10 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
     margin = 0.3 * max(bottom - top, right - left)
     near = (comp["bbox"][:, 0] >= top - margin) & (comp["bbox"][:, 1] <= bottom + margin)
     near &= (comp["bbox"][:, 2] >= left - margin) & (comp["bbox"][:, 3] <= right + margin)
-    heavy = comp["mass"] >= 0.25 * comp["mass"][main]
+    size = max(bottom - top, right - left)
+    close = (comp["bbox"][:, 0] >= top - size) & (comp["bbox"][:, 1] <= bottom + size)
+    close &= (comp["bbox"][:, 2] >= left - size) & (comp["bbox"][:, 3] <= right + size)
+    heavy = close & (comp["mass"] >= 0.25 * comp["mass"][main])
     keep = (comp["contrast"] >= 0.7 * STRONG_INK * sigma) & (
         heavy | (near & (comp["mass"] >= 0.01 * comp["mass"][main]))
     )

@@ -75,3 +75,14 @@ def browser():
         yield drv
     finally:
         drv.quit()
+
+
+@pytest.fixture(scope="session")
+def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run of the fast preset (the lesson's MLP) on full MNIST, trained once per session (~2 s)."""
+    from mnistlab.config import from_preset
+    from mnistlab.runs import train_run
+
+    out = tmp_path_factory.mktemp("mlp-run")
+    train_run(from_preset("fast"), out, verbose=0)
+    return out
