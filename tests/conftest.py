@@ -46,13 +46,16 @@ def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return h
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m mnistlab ARGS`` in a real subprocess."""
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m mnistlab ARGS`` in a real subprocess (``input`` is fed to its stdin)."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
-    )
+        [sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+        input=input,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
