@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mnistlab import checkpoint as ckpt
-from mnistlab import fileio
+from mnistlab import faults, fileio
 from mnistlab.config import OPTIMIZERS, SCHEDULES
 from mnistlab.errors import CheckpointError, ConfigError, MnistlabError
 from mnistlab.preprocess import images_to_tensor, labels_to_tensor
@@ -199,11 +199,13 @@ class Trainer:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.model = model.to(self.device)
         if isinstance(optimizer, torch.optim.Optimizer):
+            # The optimizer's own learning rates are the base; ``lr`` is ignored, as in Keras.
             self.optimizer, self.optimizer_name = optimizer, type(optimizer).__name__.lower()
+            lr = float(optimizer.param_groups[0]["lr"])
         else:
             self.optimizer = make_optimizer(optimizer, self.model.parameters(), lr, momentum, weight_decay, self.device)
             self.optimizer_name = optimizer
-        self.base_lr = lr
+        self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self.settings = {
             "optimizer": self.optimizer_name, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
             "schedule": schedule, "warmup": warmup, "label_smoothing": label_smoothing, "seed": seed,
@@ -262,7 +264,9 @@ class Trainer:
         ``resume=True`` continues from ``run_dir/last.safetensors`` where it stopped.
         """
         if epochs < 1 or batch_size < 1 or validation_freq < 1:
-            raise ConfigError(f"epochs, batch_size and validation_freq must be ≥ 1, got {epochs}, {batch_size}, {validation_freq}")
+            raise ConfigError(
+                f"epochs, batch_size and validation_freq must be ≥ 1, got {epochs}, {batch_size}, {validation_freq}"
+            )
         if mode not in ("max", "min"):
             raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
         X = images_to_tensor(x, self.device)
@@ -284,7 +288,13 @@ class Trainer:
 
         g_shuffle = torch.Generator().manual_seed(self.seed)
         g_aug = torch.Generator(device=self.device).manual_seed(self.seed + 1)
-        state = {"epoch": 0, "step": 0, "global_step": 0, "train_time": 0.0, "sums": torch.zeros(3, dtype=torch.float64)}
+        state = {
+            "epoch": 0,
+            "step": 0,
+            "global_step": 0,
+            "train_time": 0.0,
+            "sums": torch.zeros(3, dtype=torch.float64),
+        }
         shuffle_epoch_start = g_shuffle.get_state()
         if resume:
             if run is None:
@@ -292,7 +302,10 @@ class Trainer:
             shuffle_epoch_start = self._restore(run, fingerprint, epochs, steps_per_epoch, state, g_shuffle, g_aug)
             if state["epoch"] >= epochs:
                 if self.verbose:
-                    print(f"{run}: already trained to {state['epoch']} of {epochs} epochs; nothing to do", file=self.stream)
+                    print(
+                        f"{run}: already trained to {state['epoch']} of {epochs} epochs; nothing to do",
+                        file=self.stream,
+                    )
                 return self.history
             self.history.resumed_at.append(state["epoch"] + state["step"] / steps_per_epoch)
         else:
@@ -329,9 +342,9 @@ class Trainer:
                     xb, yb = X.index_select(0, idx), Y.index_select(0, idx)
                     if self.augment is not None:
                         xb = self.augment(xb, g_aug)
-                    lr = lr_at(state["global_step"], total_steps, self.base_lr, self.schedule, self.warmup)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                    factor = lr_at(state["global_step"], total_steps, 1.0, self.schedule, self.warmup)
+                    for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                        group["lr"] = base * factor
                     logits = self.model(xb)
                     loss = self.loss_fn(logits, yb)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -343,10 +356,16 @@ class Trainer:
                         )  # fmt: skip
                     state["global_step"] += 1
                     state["step"] = step + 1
+                    if faults.hit("step", state["global_step"]):
+                        faults.fire()
                     if bar.dynamic:
                         bar.update(step + 1, self._running(sums) if step + 1 < steps_per_epoch else None)
                     stop = sigint is not None and sigint.requested
-                    if run is not None and (stop or (save_every and state["global_step"] % save_every == 0)) and step + 1 < steps_per_epoch:
+                    if (
+                        run is not None
+                        and (stop or (save_every and state["global_step"] % save_every == 0))
+                        and step + 1 < steps_per_epoch
+                    ):
                         state["sums"] = sums.cpu()
                         state["train_time"] += time.perf_counter() - t0
                         t0 = time.perf_counter()
@@ -367,12 +386,16 @@ class Trainer:
                 state.update(epoch=epoch + 1, step=0, sums=torch.zeros(3, dtype=torch.float64))
                 if run is not None:
                     key = best_key if best_key in logs else best_key.removeprefix("val_")
-                    improved = key in logs and ("value" not in self.history.best or best_better(logs[key], self.history.best["value"]))
+                    improved = key in logs and (
+                        "value" not in self.history.best or best_better(logs[key], self.history.best["value"])
+                    )
                     if improved:
                         self.history.best = {"monitor": key, "mode": mode, "value": logs[key], "epoch": epoch + 1}
                         save(run / ckpt.BEST, epoch_done=True)
                     save(run / ckpt.LAST, epoch_done=True)
                     self._write_metrics(run)
+                    if faults.hit("epoch", state["epoch"]):
+                        faults.fire()
                     if sigint is not None and sigint.requested and state["epoch"] < epochs:
                         self._interrupted(run, state, steps_per_epoch, resume_command)
         self.train_time = state["train_time"]
@@ -384,7 +407,11 @@ class Trainer:
         return {"loss": s[0] / max(s[2], 1), ACC: s[1] / max(s[2], 1)}
 
     def _interrupted(self, run: Path, state: dict, steps_per_epoch: int, command: str | None) -> None:
-        where = f"epoch {state['epoch'] + 1} step {state['step']}/{steps_per_epoch}" if state["step"] else f"the end of epoch {state['epoch']}"
+        where = (
+            f"epoch {state['epoch'] + 1} step {state['step']}/{steps_per_epoch}"
+            if state["step"]
+            else f"the end of epoch {state['epoch']}"
+        )
         cmd = command or f"mnistlab train --resume {run}"
         raise TrainingInterrupted(f"interrupted at {where}; saved {run / ckpt.LAST}. Resume with: {cmd}")
 
@@ -418,7 +445,14 @@ class Trainer:
                  g_shuffle: torch.Generator, g_aug: torch.Generator) -> torch.Tensor:  # fmt: skip
         tensors, meta = ckpt.read(run / ckpt.LAST)
         old = meta.get("fingerprint", {})
-        diffs = [f"{k} ({old.get(k)!r} → {fingerprint.get(k)!r})" for k in RESUME_KEYS if old.get(k) != fingerprint.get(k)]
+        if old.get("data") != fingerprint.get("data"):
+            raise CheckpointError(
+                f"{run}: cannot resume: the data set changed since the run started "
+                f"(content digest {old.get('data')} → {fingerprint.get('data')})"
+            )
+        diffs = [
+            f"{k} ({old.get(k)!r} → {fingerprint.get(k)!r})" for k in RESUME_KEYS if old.get(k) != fingerprint.get(k)
+        ]
         if diffs:
             raise CheckpointError(f"{run}: cannot resume with different settings: {', '.join(diffs)}")
         if self.settings["schedule"] != "constant" and old.get("total_steps") != steps_per_epoch * epochs:
@@ -430,7 +464,9 @@ class Trainer:
             self.model.load_state_dict(ckpt.prefixed(tensors, "model/"))
             self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{run / ckpt.LAST}: state does not fit this model/optimizer ({str(e).splitlines()[0]})") from None
+            raise CheckpointError(
+                f"{run / ckpt.LAST}: state does not fit this model/optimizer ({str(e).splitlines()[0]})"
+            ) from None
         g_shuffle.set_state(tensors["rng/shuffle"])
         g_aug.set_state(tensors["rng/augment"])
         torch.set_rng_state(tensors["rng/torch"])

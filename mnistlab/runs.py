@@ -43,8 +43,6 @@ def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
     if config.width:
         kwargs["width" if config.model == "cnn" else "hidden"] = config.width
     if config.normalize:
-        if config.model != "mlp":
-            raise ConfigError(f"normalize is only offered for the mlp model, not {config.model!r}")
         x = np.asarray(ds.x_train, dtype=np.float32) / 255.0
         kwargs["normalize"] = [round(float(x.mean()), 6), round(float(x.std()), 6)]
     return build_model(config.model, **kwargs)
@@ -91,10 +89,20 @@ def train_run(
         if not (out / ckpt.LAST).is_file():
             raise CheckpointError(f"{out}: nothing to resume (no {ckpt.LAST})")
         config = _merge_resume(saved, overrides or {})
+        for stale in out.glob(".*.tmp"):  # half-written files of a killed save (never the real ones)
+            stale.unlink(missing_ok=True)
+        done = ckpt.read_meta(out / ckpt.LAST)
+        if done.get("epoch", 0) >= config.epochs and done.get("step", 0) == 0:
+            msg = f"{out}: already trained to {done['epoch']} of {config.epochs} epochs; nothing to do"
+            if verbose:
+                print(msg)
+            return {"summary": msg, "nothing_to_do": True, "epochs": done["epoch"]}
     elif config is None:
         raise ConfigError("a config is needed unless resuming")
     elif (out / ckpt.LAST).is_file() and not force:
-        raise ConfigError(f"{out} already holds a run; use --resume {out} to continue it, --force to replace it, or another --out")
+        raise ConfigError(
+            f"{out} already holds a run; use --resume {out} to continue it, --force to replace it, or another --out"
+        )
     elif force:
         for name in (ckpt.LAST, ckpt.BEST, "metrics.csv", "history.json", "result.json"):
             (out / name).unlink(missing_ok=True)
@@ -140,11 +148,12 @@ def train_run(
         "threads": torch.get_num_threads(),
     }  # fmt: skip
     fileio.write_json(out / "result.json", result)
+    result["summary"] = (
+        f"test accuracy {test[ACC]:.4f} (loss {test['loss']:.4f}) after {result['epochs']} epochs; "
+        f"training time {result['train_time_s']:.2f}s; run folder {out}"
+    )
     if verbose:
-        print(
-            f"test accuracy {test[ACC]:.4f} (loss {test['loss']:.4f}) after {result['epochs']} epochs; "
-            f"training time {result['train_time_s']:.2f}s; run folder {out}"
-        )
+        print(result["summary"])
     return result
 
 

@@ -16,8 +16,15 @@ from mnistlab.errors import MnistlabError
 COMMANDS = ["data", "train", "evaluate"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mnistlab", description="MNIST-style image classification on PyTorch: data, train, look, export, predict."
     )
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")

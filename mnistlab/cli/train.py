@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mnistlab.config import OPTIMIZERS, PRESETS, SCHEDULES, from_preset
 from mnistlab.models import MODELS
@@ -59,11 +60,13 @@ def run(args: argparse.Namespace) -> int:
     given = {f: getattr(args, f) for f in FIELDS if getattr(args, f) is not None}
     verbose = 0 if args.quiet else 1
     if args.resume:
-        train_run(None, args.resume, resume=True, overrides=given, verbose=verbose)
-        return 0
-    config = from_preset(args.preset, **given)
-    out = args.out or f"runs/{config.dataset.replace('/', '_')}-{config.model}"
-    train_run(config, out, init_from=args.init_from, force=args.force, verbose=verbose)
+        result = train_run(None, args.resume, resume=True, overrides=given, verbose=verbose)
+    else:
+        config = from_preset(args.preset, **given)
+        out = args.out or f"runs/{Path(config.dataset).name}-{config.model}"
+        result = train_run(config, out, init_from=args.init_from, force=args.force, verbose=verbose)
+    if args.quiet:
+        print(result["summary"])
     return 0
 
 
