@@ -10,7 +10,6 @@ A run folder holds ``config.json``, ``summary.txt``, ``metrics.csv``, ``history.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from mnistlab import checkpoint as ckpt
 from mnistlab import fileio
 from mnistlab.config import TrainConfig
 from mnistlab.datasets import Dataset, load
-from mnistlab.engine import ACC, Trainer, pick_device, predict_logits
+from mnistlab.engine import ACC, Trainer, TrainingInterrupted, pick_device, predict_logits
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.models import build_model, summary
 from mnistlab.preprocess import images_to_tensor, labels_to_tensor
@@ -80,18 +79,17 @@ def train_run(
     """
     out = Path(out)
     if resume:
-        try:
-            saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-        except FileNotFoundError:
-            raise CheckpointError(f"{out}: not a run folder (no config.json)") from None
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{out}/config.json: unreadable ({e})") from None
         if not (out / ckpt.LAST).is_file():
-            raise CheckpointError(f"{out}: nothing to resume (no {ckpt.LAST})")
-        config = _merge_resume(saved, overrides or {})
+            raise CheckpointError(f"{out}: not a run folder, or nothing to resume (no {ckpt.LAST})")
         for stale in out.glob(".*.tmp"):  # half-written files of a killed save (never the real ones)
             stale.unlink(missing_ok=True)
         done = ckpt.read_meta(out / ckpt.LAST)
+        # The checkpoint is the source of truth for the config (config.json is a copy for people).
+        try:
+            saved = TrainConfig.from_dict(done["config"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{out / ckpt.LAST}: no usable config inside ({e})") from None
+        config = _merge_resume(saved, overrides or {})
         if done.get("epoch", 0) >= config.epochs and done.get("step", 0) == 0:
             msg = f"{out}: already trained to {done['epoch']} of {config.epochs} epochs; nothing to do"
             if verbose:
@@ -133,13 +131,20 @@ def train_run(
         if verbose:
             print(table)
     t0 = time.perf_counter()
-    history = trainer.fit(
-        ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
-        validation_data=(ds.x_test, ds.y_test), validation_freq=config.validation_freq,
-        run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.mode,
-        eval_batch_size=config.eval_batch_size, data_identity=ds.identity(),
-        resume_command=f"mnistlab train --resume {out}",
-    )  # fmt: skip
+    try:
+        history = trainer.fit(
+            ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
+            validation_data=(ds.x_test, ds.y_test), validation_freq=config.validation_freq,
+            run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.mode,
+            eval_batch_size=config.eval_batch_size, data_identity=ds.identity(),
+            resume_command=f"mnistlab train --resume {out}",
+        )  # fmt: skip
+    except TrainingInterrupted:
+        if resume:
+            fileio.write_json(out / "config.json", config.to_dict())
+        raise
+    if resume:  # only once the checkpoint accepted the settings: the new total of epochs
+        fileio.write_json(out / "config.json", config.to_dict())
     wall = time.perf_counter() - t0
     test = trainer.evaluate(ds.x_test, ds.y_test, config.eval_batch_size)
     result = {
