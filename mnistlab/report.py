@@ -67,7 +67,8 @@ def render_report(run: str | os.PathLike[str], *, which: str = "best", mistakes:
     loaded = ckpt.load_checkpoint(run, which)
     preds = predictions_of(loaded, which)
     folder = Path(run) if Path(run).is_dir() else None
-    config = _json_file(folder, "config.json") or loaded.config
+    # The checkpoint's config is the one in force (a resume may have raised ``epochs``); config.json is the first.
+    config = loaded.config or _json_file(folder, "config.json")
     result = _json_file(folder, "result.json")
     if folder is not None and (folder / "summary.txt").is_file():
         model_summary = (folder / "summary.txt").read_text()
