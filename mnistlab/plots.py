@@ -93,15 +93,18 @@ def _finish(fig: Figure, path: str | os.PathLike[str] | None, dpi: int = 100) ->
 
 
 def show_figures(figs: Sequence[Figure]) -> bool:
-    """Open the figures in windows and wait until they are closed; False where there is no display."""
+    """Open the figures in windows and wait until they are closed; False where no window can open."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False
     import matplotlib.pyplot as plt  # picks a GUI backend, or falls back to Agg when none works
 
     if plt.get_backend().lower() in ("agg", "pdf", "ps", "svg", "pgf", "cairo", "template"):
         return False
-    for fig in figs:
-        plt.figure(fig)  # hands a pyplot-free figure to pyplot's window manager (matplotlib ≥ 3.10)
+    try:
+        for fig in figs:
+            plt.figure(fig)  # adopts a pyplot-free figure into a window; older matplotlib refuses (ValueError)
+    except ValueError:
+        return False
     plt.show()
     return True
 

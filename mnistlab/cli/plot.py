@@ -37,5 +37,8 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         print(f"wrote {path}")
     if args.show and not shown:
-        print("mnistlab: no display here, so no window; the files above hold the figures", file=sys.stderr)
+        print(
+            "mnistlab: no window could open (no display or GUI toolkit here); the files above hold the figures",
+            file=sys.stderr,
+        )
     return 0
