@@ -30,6 +30,8 @@ class TrainConfig:
     warmup: float = 0.25
     label_smoothing: float = 0.0
     augment: str = ""
+    precision: str = "fp32"
+    channels_last: bool = False
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -59,6 +61,7 @@ class TrainConfig:
         need(self.validation_freq >= 1, "validation frequency must be ≥ 1", self.validation_freq)
         need(self.eval_batch_size >= 1, "eval batch size must be ≥ 1", self.eval_batch_size)
         need(self.mode in ("max", "min"), "mode must be 'max' or 'min'", self.mode)
+        need(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16", self.precision)
         need(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "device must be auto, cpu or cuda",

@@ -48,7 +48,8 @@ ACC = "sparse_categorical_accuracy"
 KEYS = ("loss", ACC, "val_loss", f"val_{ACC}")
 # Settings that must match to resume a run (epochs may grow when the schedule allows it).
 RESUME_KEYS = ("model", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup",
-               "label_smoothing", "batch_size", "seed", "augment", "data", "n_train", "validation_freq")  # fmt: skip
+               "label_smoothing", "batch_size", "seed", "augment", "data", "n_train", "validation_freq",
+               "precision")  # fmt: skip
 
 
 class TrainingInterrupted(MnistlabError):
@@ -129,13 +130,31 @@ def make_optimizer(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 4096, precision: str = "fp32", channels_last: bool = False
+) -> torch.Tensor:
+    """Logits in eval mode, in large batches; ``precision="bf16"`` runs under autocast (float32 logits)."""
     was = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        outs = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size]
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with _autocast(xb.device, precision):
+                outs.append(model(xb).float())
+        return torch.cat(outs)
     finally:
         model.train(was)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    # bfloat16 autocast: convolutions and matmuls in bf16 (AMX/AVX-512 on recent CPUs, tensor cores on GPUs),
+    # weights, optimizer state and batch-norm statistics stay float32.
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def predict_proba(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
@@ -188,6 +207,8 @@ class Trainer:
         device: str | torch.device = "auto",
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         augment_spec: str = "",
+        precision: str = "fp32",
+        channels_last: bool = False,
         verbose: int = 1,
     ) -> None:
         if schedule not in SCHEDULES:
@@ -196,8 +217,13 @@ class Trainer:
             raise ConfigError(f"label smoothing must lie in [0, 1), got {label_smoothing!r}")
         if not lr > 0:
             raise ConfigError(f"learning rate must be > 0, got {lr!r}")
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.model = model.to(self.device)
+        self.precision, self.channels_last = precision, channels_last
+        self.model = (
+            model.to(self.device, memory_format=torch.channels_last) if channels_last else model.to(self.device)
+        )
         if isinstance(optimizer, torch.optim.Optimizer):
             # The optimizer's own learning rates are the base; ``lr`` is ignored, as in Keras.
             self.optimizer, self.optimizer_name = optimizer, type(optimizer).__name__.lower()
@@ -209,7 +235,7 @@ class Trainer:
         self.settings = {
             "optimizer": self.optimizer_name, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
             "schedule": schedule, "warmup": warmup, "label_smoothing": label_smoothing, "seed": seed,
-            "augment": augment_spec,
+            "augment": augment_spec, "precision": precision,
         }  # fmt: skip
         self.schedule, self.warmup = schedule, warmup
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -230,7 +256,7 @@ class Trainer:
         return self._evaluate(xt.to(self.device), yt, batch_size)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
-        logits = predict_logits(self.model, x, batch_size)
+        logits = predict_logits(self.model, x, batch_size, self.precision, self.channels_last)
         loss = nn.functional.cross_entropy(logits, y).item()  # plain CE, as Keras reports val_loss
         acc = (logits.argmax(1) == y).float().mean().item()
         return {"loss": loss, ACC: acc}
@@ -345,8 +371,11 @@ class Trainer:
                     factor = lr_at(state["global_step"], total_steps, 1.0, self.schedule, self.warmup)
                     for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
                         group["lr"] = base * factor
-                    logits = self.model(xb)
-                    loss = self.loss_fn(logits, yb)
+                    if self.channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    with _autocast(self.device, self.precision):
+                        logits = self.model(xb)
+                        loss = self.loss_fn(logits.float(), yb)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
@@ -463,6 +492,7 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt.prefixed(tensors, "model/"))
             self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+            _match_param_layout(self.optimizer)
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(
                 f"{run / ckpt.LAST}: state does not fit this model/optimizer ({str(e).splitlines()[0]})"
@@ -507,6 +537,20 @@ class Trainer:
             w.writerow(row)
         fileio.write_text(run / "metrics.csv", buf.getvalue())
         fileio.write_text(run / "history.json", json.dumps(self.history.to_dict(), indent=1) + "\n")
+
+
+def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimizer state the memory layout of its parameter (e.g. channels_last).
+
+    Checkpoints store tensors contiguous; kernels pick different code paths (and summation orders) for
+    other layouts, so without this a resumed channels_last run drifts from the uninterrupted one.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _jsonable(state: dict) -> dict:

@@ -117,7 +117,7 @@ def train_run(
         model, config.optimizer, config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
         schedule=config.schedule, warmup=config.warmup, label_smoothing=config.label_smoothing,
         seed=config.seed, device=device, augment=make_augment(config.augment), augment_spec=config.augment,
-        verbose=verbose,
+        precision=config.precision, channels_last=config.channels_last, verbose=verbose,
     )  # fmt: skip
     table = summary(model, ds.input_shape)
     trainer.extra_meta = {

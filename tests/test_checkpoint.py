@@ -224,3 +224,20 @@ def test_init_from_is_a_warm_start(straight: Path, tmp_path: Path) -> None:
     assert len(json.loads((out / "history.json").read_text())["epoch"]) == 1
     r = run_cli("train", *ARGS, "--model", "cnn", "--init-from", str(straight), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "do not fit" in r.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cnn_channels_last_resume_is_bit_identical(tmp_path: Path, precision: str) -> None:
+    # Batch norm, bf16 autocast and channels_last weights: restored optimizer state must take the
+    # parameters' memory layout, or the resumed run drifts.
+    from mnistlab.config import from_preset
+    from mnistlab.runs import train_run
+
+    def config(epochs: int):
+        return from_preset("best", width=8, epochs=epochs, limit_train=1000, limit_test=200, batch_size=50,
+                           schedule="constant", augment="", precision=precision, channels_last=True)  # fmt: skip
+
+    train_run(config(2), tmp_path / "a", verbose=0)
+    train_run(config(1), tmp_path / "b", verbose=0)
+    train_run(None, tmp_path / "b", resume=True, overrides={"epochs": 2}, verbose=0)
+    assert_identical(tmp_path / "a", tmp_path / "b")

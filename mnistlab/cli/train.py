@@ -12,7 +12,7 @@ from mnistlab.runs import RESUMABLE_OVERRIDES, train_run
 # CLI flag → config field, for flags that override the preset when given.
 FIELDS = ("dataset", "data_dir", "model", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
           "schedule", "warmup", "label_smoothing", "augment", "seed", "device", "threads", "validation_freq",
-          "save_every", "limit_train", "limit_test", "width")  # fmt: skip
+          "save_every", "limit_train", "limit_test", "width", "precision")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--augment",
         help="augmentation, e.g. rotation=45,shift=0.15,zoom=0.5,shear=0,flip=none (Keras ImageDataGenerator "
         "meanings: degrees ±, fraction of width/height, zoom range [1-z, 1+z]) (default: none)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="bf16 runs convolutions and matmuls in bfloat16 under autocast (fast on CPUs with AMX/AVX-512 "
+        "and on GPUs); weights stay float32 (default: from --preset)",
     )
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same numbers (default: 0)")
     p.add_argument("--device", help="auto, cpu or cuda (default: auto)")
