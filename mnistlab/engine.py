@@ -65,12 +65,13 @@ class History:
         self.history: dict[str, list[float]] = history if history is not None else {}
         self.epoch: list[int] = epoch if epoch is not None else []
         self.val_epoch: list[int] = []  # the epochs (0-based) that have validation values
+        self.times: list[float] = []  # cumulative training seconds at the end of each epoch
         self.resumed_at: list[float] = []  # epochs done (fractional mid-epoch) when a run was resumed
         self.best: dict[str, Any] = {}
 
     def to_dict(self) -> dict:
         return {
-            "history": self.history, "epoch": self.epoch, "val_epoch": self.val_epoch,
+            "history": self.history, "epoch": self.epoch, "val_epoch": self.val_epoch, "times": self.times,
             "resumed_at": self.resumed_at, "best": self.best,
         }  # fmt: skip
 
@@ -78,6 +79,7 @@ class History:
     def from_dict(cls, d: dict) -> History:
         h = cls({k: list(v) for k, v in d.get("history", {}).items()}, list(d.get("epoch", [])))
         h.val_epoch = list(d.get("val_epoch", []))
+        h.times = list(d.get("times", []))
         h.resumed_at = list(d.get("resumed_at", []))
         h.best = dict(d.get("best", {}))
         return h
@@ -410,6 +412,7 @@ class Trainer:
                 for k, v in logs.items():
                     self.history.history.setdefault(k, []).append(v)
                 self.history.epoch.append(epoch)
+                self.history.times.append(round(state["train_time"], 4))
                 if "val_loss" in logs:
                     self.history.val_epoch.append(epoch)
                 state.update(epoch=epoch + 1, step=0, sums=torch.zeros(3, dtype=torch.float64))
