@@ -113,7 +113,11 @@ def torch_probabilities(model: torch.nn.Module, x: np.ndarray, batch_size: int =
     """PyTorch's probabilities for uint8 images, the reference every export is checked against."""
     model.eval()
     with torch.no_grad():
-        out = [torch.softmax(model(images_to_tensor(x[i : i + batch_size])), 1) for i in range(0, len(x), batch_size)]
+        # np.array copies each slice: data sets are read-only memory maps, which torch warns about.
+        out = [
+            torch.softmax(model(images_to_tensor(np.array(x[i : i + batch_size]))), 1)
+            for i in range(0, len(x), batch_size)
+        ]
     return torch.cat(out).numpy()
 
 
