@@ -189,6 +189,19 @@ def test_onnxruntime_matches_pytorch_on_all_10000(runs, preset, mnist_test, torc
     assert not any(node.op_type == "Dropout" for node in proto.graph.node)
 
 
+@pytest.mark.slow
+def test_full_width_cnn_parity_on_all_10000(tmp_path, session_home, mnist_test, monkeypatch):
+    # The "best" preset's real network (width 32), NumPy from txt and onnxruntime, full test set.
+    monkeypatch.setenv("MNISTLAB_HOME", str(session_home))
+    run = tmp_path / "cnn32"
+    train_run(from_preset("best", augment="", epochs=1, limit_train=1000, limit_test=200), run, verbose=0)
+    x, _ = mnist_test
+    ref = core.torch_probabilities(load_checkpoint(run).model, x)
+    _assert_parity(ref, NumpyModel.from_file(export_run(run, "txt", check=False, verbose=0)).predict(x))
+    onnx_path = export_run(run, "onnx", check=False, verbose=0)
+    _assert_parity(ref, onnx_probabilities(onnx_path.read_bytes(), images_to_array(x)))
+
+
 @pytest.mark.parametrize(("preset", "fmt", "layout"), [
     ("mlp", "npz", "keras"), ("lenet5", "txt", "keras"), ("lenet5", "npz", "pytorch"),
     ("lenet5", "safetensors", "keras"), ("cnn", "txt", "keras"), ("cnn", "safetensors", "pytorch"),
