@@ -390,6 +390,23 @@ def test_default_output_is_inside_the_run(runs):
     path = export_run(runs["lenet5"], "txt", layout="keras", which="last", check=False, verbose=0)
     assert path == runs["lenet5"] / "weights-keras.txt" and path.is_file()
     path.unlink()
+    path = export_run(runs["lenet5"] / "best.safetensors", "onnx", check=False, verbose=0)
+    assert path == runs["lenet5"] / "model.onnx" and path.is_file()
+    path.unlink()
+
+
+def test_an_export_never_overwrites_the_run(runs, tmp_path):
+    run = runs["mlp"]
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for target in (run / "best.safetensors", run / "last.safetensors", run / "config.json"):
+        with pytest.raises(ExportError, match="refusing to overwrite a run's own file"):
+            export_run(run, "safetensors", target, check=False, verbose=0)
+    # A checkpoint copied elsewhere under another name is recognised by its content.
+    copy = tmp_path / "model.safetensors"
+    shutil.copy(run / "best.safetensors", copy)
+    with pytest.raises(ExportError, match="refusing"):
+        export_run(run, "safetensors", copy, check=False, verbose=0)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -434,6 +451,8 @@ def test_library_bad_input(runs, tmp_path):
         export_run(runs["mlp"], "h5")
     with pytest.raises(ConfigError, match="unknown layout"):
         export_run(runs["mlp"], "txt", layout="tf")
+    with pytest.raises(ConfigError, match="check_images must be ≥ 1"):
+        export_run(runs["mlp"], "txt", check_images=0)
     with pytest.raises(ExportError, match="cannot write"):
         export_run(runs["mlp"], "txt", "/proc/weights.txt", check=False, verbose=0)
 
@@ -504,6 +523,13 @@ def test_hand_edited_txt_errors_name_tensor_and_line(mlp_txt, tmp_path):
 
     with pytest.raises(WeightsError, match="tensor '2.weight' .* but the file ends after 3 rows"):
         read_weights_txt(_edited(lines, tmp_path, truncate))
+
+    def extra_row(ls):
+        ls.insert(b_shape + 2, ls[b_shape + 1])  # the bias row, twice
+
+    with pytest.raises(WeightsError, match=rf"line {b_shape + 3}: tensor '2.bias' \(line {b_shape - 1}\) has more rows "
+                                           r"than its shape \(128,\) holds"):  # fmt: skip
+        read_weights_txt(_edited(lines, tmp_path, extra_row))
 
     def duplicate(ls):
         ls[_line_of(ls, "name: 4.bias") - 1] = "name: 2.bias"

@@ -184,6 +184,8 @@ def export_run(
         raise ConfigError(f"unknown layout {layout!r} (choose from {', '.join(numpy_infer.LAYOUTS)})")
     if format == "onnx" and layout != "pytorch":
         raise ConfigError("--layout keras applies to txt, npz and safetensors; an ONNX graph always takes NCHW input")
+    if check and check_images < 1:
+        raise ConfigError(f"check_images must be ≥ 1, got {check_images}")
     if which not in ("best", "last"):
         raise ConfigError(f"which must be 'best' or 'last', got {which!r}")
     loaded = load_checkpoint(run, which)
@@ -228,7 +230,26 @@ def _output_path(
         folder = Path(run) if Path(run).is_dir() else Path(loaded.path).parent
         return folder / name
     out = Path(output)
-    return out / name if out.is_dir() else out
+    out = out / name if out.is_dir() else out
+    if out.is_file() and (out.name in RUN_FILES or _is_checkpoint(out)):
+        raise ExportError(f"{out}: refusing to overwrite a run's own file with an export; choose another -o")
+    return out
+
+
+# What a run folder holds besides exports: never overwritten by an export.
+RUN_FILES = ("config.json", "summary.txt", "metrics.csv", "history.json", "result.json", "last.safetensors",
+             "best.safetensors")  # fmt: skip
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a mnistlab checkpoint, judged from its safetensors header alone."""
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            head = f.read(min(n, 1 << 24)) if 0 < n < 1 << 30 else b""
+    except OSError:
+        return False
+    return b"mnistlab-checkpoint" in head
 
 
 __all__ = ["FORMATS", "PROB_TOLERANCE", "Parity", "build_meta", "default_name", "export_run", "torch_probabilities"]

@@ -156,6 +156,12 @@ def parse_weights_txt(text: str, source: str = "<text>") -> Weights:
         got = next_line()
         if got is None:
             break
+        if not got[1].startswith("name:") and tensors:
+            last = list(tensors)[-1]
+            raise WeightsError(
+                f"{source}, line {got[0]}: tensor {last!r} (line {starts[last]}) has more rows than its shape "
+                f"{shape_str(tensors[last].shape)} holds, or a 'name:' line is missing"
+            )
         i -= 1  # let field_line read it again
         start, name = field_line("name", None)
         if not name:
@@ -216,9 +222,14 @@ def _parse_shape(s: str, where: str) -> tuple[int, ...]:
     return shape
 
 
+def shape_str(shape: tuple[int, ...] | list[int]) -> str:
+    """A shape as Python writes a tuple: (784, 128), (128,), ()."""
+    return f"({shape[0]},)" if len(shape) == 1 else str(tuple(shape))
+
+
 def _is_number(word: str) -> bool:
     try:
-        float(word)
+        np.array([word], dtype=np.float32)  # the same parser as the rows, so the culprit is always found
     except ValueError:
         return False
     return True

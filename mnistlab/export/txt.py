@@ -25,7 +25,7 @@ import textwrap
 import numpy as np
 
 from mnistlab.export.graph import Graph
-from mnistlab.export.numpy_infer import MAGIC, META_PREFIX, parse_weights_txt, read_weights_txt
+from mnistlab.export.numpy_infer import MAGIC, META_PREFIX, parse_weights_txt, read_weights_txt, shape_str
 
 # One line of words per operation, in each layout: what the layer computes with the tensors it names.
 FORMULAS = {
@@ -64,11 +64,6 @@ LAYOUT_NOTES = {
 _SKIP = {"name", "op", "params", "in_shape"}
 
 
-def _shape(shape: tuple[int, ...] | list[int]) -> str:
-    shape = tuple(shape)
-    return f"({shape[0]},)" if len(shape) == 1 else str(shape)
-
-
 def header_lines(graph: Graph, meta: dict) -> list[str]:
     """The human-readable header (without ``#`` marks): model, layout, input, output, architecture, format."""
     tensors = {t.name: t for t in graph.tensors}
@@ -105,7 +100,7 @@ def header_lines(graph: Graph, meta: dict) -> list[str]:
         attrs = ", ".join(f"{k}={v}" for k, v in layer.items() if k not in _SKIP)
         out.append(f"  {layer['name']:<{width}}  {layer['op']}({attrs})")
         names = [
-            f"{n} {_shape(tensors[n].array.shape)}" + ("" if tensors[n].trainable else " non-trainable")
+            f"{n} {shape_str(tensors[n].array.shape)}" + ("" if tensors[n].trainable else " non-trainable")
             for n in layer.get("params", {}).values()
         ]
         if names:
@@ -139,7 +134,7 @@ def format_weights_txt(graph: Graph, meta: dict) -> str:
     lines += [f"# {s}".rstrip() for s in header_lines(graph, meta)]
     lines.append(META_PREFIX + json.dumps(meta, sort_keys=True, separators=(",", ":")))
     for t in graph.tensors:
-        lines += ["", f"name: {t.name}", f"shape: {_shape(t.array.shape)}", f"trainable: {str(t.trainable).lower()}"]
+        lines += ["", f"name: {t.name}", f"shape: {shape_str(t.array.shape)}", f"trainable: {str(t.trainable).lower()}"]
         lines += _rows(t.array)
     return "\n".join(lines) + "\n"
 
