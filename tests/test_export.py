@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli
 
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.config import from_preset
@@ -36,6 +35,7 @@ from mnistlab.export.txt import format_weights_txt
 from mnistlab.models import lenet5
 from mnistlab.preprocess import images_to_tensor
 from mnistlab.runs import train_run
+from tests.conftest import ROOT, run_cli
 
 PRESETS = ("mlp", "lenet5", "cnn")
 TOL = 1e-5  # the issue's parity target on probabilities
@@ -46,19 +46,21 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> dict[str, Path]:
-    """One tiny real run per preset (1 epoch on 1,000 images): parity needs trained weights, not good ones.
+def runs(tmp_path_factory: pytest.TempPathFactory, session_home: Path, small_run: Path) -> dict[str, Path]:
+    """A real run per preset: parity needs trained weights, not good ones. Tests only read these folders.
 
-    mlp is the "fast" preset, so it begins with the parameter-free Standardize layer; cnn is narrow
-    (width 8) to keep NumPy's share of the suite small, but has every layer type of the preset.
+    mlp is the shared ``small_run`` (the "fast" preset, so it begins with the parameter-free Standardize
+    layer); lenet5 is standardised too, so Standardize also feeds a convolution; cnn is narrow (width 8)
+    to keep NumPy's share of the suite small, but has every layer type of the preset.
     """
     base = tmp_path_factory.mktemp("export-runs")
     configs = {
-        "mlp": from_preset("fast", epochs=1, limit_train=1000, limit_test=200),
-        "lenet5": from_preset("lesson", model="lenet5", epochs=1, batch_size=64, limit_train=1000, limit_test=200),
+        "lenet5": from_preset(
+            "lesson", model="lenet5", normalize=True, epochs=1, batch_size=64, limit_train=1000, limit_test=200
+        ),
         "cnn": from_preset("best", width=8, augment="", epochs=1, limit_train=1000, limit_test=200),
     }
-    out = {}
+    out = {"mlp": small_run}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MNISTLAB_HOME", str(session_home))
         for name, cfg in configs.items():
