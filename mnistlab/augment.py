@@ -61,6 +61,8 @@ FLIP_WARNING = (
     "flips change what a digit means (a mirrored 2 is no digit, a flipped 6 reads as a 9); "
     "use flip only for classes that stay themselves when mirrored"
 )
+# Per-image parameters, in the column order of the internal table (see ``Augment.sample``).
+PARAMS = ("angle", "tx", "ty", "zx", "zy", "shear", "fx", "fy")
 # Uniform numbers drawn per image, always all of them, so a batch consumes the same amount of the
 # generator whatever the settings: rotation, shift x, shift y, zoom x, zoom y, shear, flip x, flip y.
 _DRAWS = 8
@@ -200,33 +202,38 @@ class Augment:
         positive moves right/down), ``zx``/``zy`` (Keras's zoom factors), ``shear`` (radians), ``fx``/``fy``
         (+1, or -1 to mirror).
         """
-        return self._params(torch.rand((n, _DRAWS), generator=generator, device=device), size)
+        table = self._table(torch.rand((n, _DRAWS), generator=generator, device=device), size)
+        return dict(zip(PARAMS, table.unbind(1), strict=True))
 
-    def _params(self, u, size: tuple[int, int]) -> dict:
-        """Parameters from uniform draws ``u`` (n, 8): a NumPy array or a tensor, answered in kind."""
-        xp = np if isinstance(u, np.ndarray) else torch
+    def _table(self, u, size: tuple[int, int]):
+        """Uniform draws ``u`` (n, 8) → parameters (n, 8), columns as ``PARAMS``; NumPy or torch alike."""
         h, w = size
-        sym = u * 2 - 1  # uniform in [-1, 1)
-        zx = 1 + sym[:, 3] * self.zoom
-        one = xp.ones_like(zx)
-        flip_x = self.flip in ("horizontal", "both")
-        flip_y = self.flip in ("vertical", "both")
-        return {
-            "angle": sym[:, 0] * math.radians(self.rotation),
-            "tx": sym[:, 1] * (self.wshift * w),
-            "ty": sym[:, 2] * (self.hshift * h),
-            "zx": zx,
-            "zy": zx if self.keep_aspect else 1 + sym[:, 4] * self.zoom,
-            "shear": sym[:, 5] * math.radians(self.shear),
-            "fx": xp.where(u[:, 6] < 0.5, -one, one) if flip_x else one,
-            "fy": xp.where(u[:, 7] < 0.5, -one, one) if flip_y else one,
-        }
+        r, sh, z = math.radians(self.rotation), math.radians(self.shear), self.zoom
+        sx, sy = self.wshift * w, self.hshift * h
+        lo = (-r, -sx, -sy, 1 - z, 1 - z, -sh, 1.0, 1.0)
+        span = (2 * r, 2 * sx, 2 * sy, 2 * z, 2 * z, 2 * sh, 0.0, 0.0)
+        if isinstance(u, np.ndarray):
+            p = u * np.array(span, u.dtype) + np.array(lo, u.dtype)
+        else:
+            p = u * torch.tensor(span, dtype=u.dtype, device=u.device) + torch.tensor(
+                lo, dtype=u.dtype, device=u.device
+            )
+        if self.keep_aspect:
+            p[:, 4] = p[:, 3]
+        if self.flip in ("horizontal", "both"):
+            p[:, 6] = 1 - 2 * (u[:, 6] < 0.5)
+        if self.flip in ("vertical", "both"):
+            p[:, 7] = 1 - 2 * (u[:, 7] < 0.5)
+        return p
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Warp the batch ``x`` (float ``(N, C, H, W)``) with given per-image ``params`` (see ``sample``)."""
         _check_batch(x)
-        theta = affine_matrices({k: torch.as_tensor(v, device=x.device) for k, v in params.items()}, *x.shape[-2:])
-        return self.warp(x, theta)
+        missing = [k for k in PARAMS if k not in params]
+        if missing:
+            raise ConfigError(f"augment: parameters {', '.join(missing)} missing (expected {', '.join(PARAMS)})")
+        table = torch.stack([torch.as_tensor(params[k], dtype=x.dtype, device=x.device) for k in PARAMS], 1)
+        return self.warp(x, affine_matrices(table, *x.shape[-2:]))
 
     def warp(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """Resample ``x`` through ``(N, 2, 3)`` matrices in ``F.affine_grid``'s convention, bilinearly."""
@@ -246,11 +253,11 @@ class Augment:
         size = (x.shape[-2], x.shape[-1])
         u = torch.rand((len(x), _DRAWS), generator=generator, device=x.device)
         if u.device.type == "cpu":
-            # Two dozen tiny tensor ops cost ~5 µs each in torch and ~1 µs in NumPy: at batch 32 that
-            # is most of the augmentation's cost per epoch. Same formulas, same numbers.
-            theta = torch.from_numpy(affine_matrices(self._params(u.numpy(), size), *size))
+            # The same formulas in NumPy: ~30 tiny operations per batch cost ~1 µs each there and ~5 µs
+            # each as tensors, which at batch 32 would be most of the augmentation's cost per epoch.
+            theta = torch.from_numpy(affine_matrices(self._table(u.numpy(), size), *size))
         else:
-            theta = affine_matrices(self._params(u, size), *size)
+            theta = affine_matrices(self._table(u, size), *size)
         return self.warp(x, theta)
 
 
@@ -268,26 +275,30 @@ def _base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torc
     return base.to(device=device, dtype=dtype)
 
 
-def affine_matrices(params: dict, h: int, w: int):
-    """``(N, 2, 3)`` matrices for ``F.affine_grid``: each maps an output position to where it samples.
+def affine_matrices(p, h: int, w: int):
+    """``(N, 2, 3)`` matrices for ``F.affine_grid`` from a parameter table ``p`` (N, 8), columns as ``PARAMS``.
 
-    In pixels about the image centre (x right, y down), an output pixel ``p`` samples the source at
-    ``Flip · Rot · Shear · Zoom · (p - t)``: the content is flipped, rotated, sheared, zoomed, then
-    shifted by ``t``. Shear and zoom are Keras's matrices; ``affine_grid`` wants the matrix in
-    coordinates normalised to [-1, 1] per axis, hence the ``h/w`` factors. Takes and returns NumPy
-    arrays or tensors alike.
+    In pixels about the image centre (x right, y down), an output pixel ``q`` samples the source at
+    ``Flip · Rot · Shear · Zoom · (q - t)``: the content is flipped, rotated, sheared, zoomed, then
+    shifted by ``t``. Shear and zoom are Keras's matrices (``Shear · Zoom = [[a, 0], [-b, zy]]``);
+    ``affine_grid`` wants coordinates normalised to [-1, 1] per axis, hence the ``h/w`` factors.
+    Takes and returns NumPy arrays or tensors alike.
     """
-    xp = np if isinstance(params["angle"], np.ndarray) else torch
-    c, s = xp.cos(params["angle"]), xp.sin(params["angle"])
-    a = xp.cos(params["shear"]) * params["zx"]  # Shear · Zoom = [[a, 0], [b, zy]]
-    b = -xp.sin(params["shear"]) * params["zx"]
-    zy, fx, fy = params["zy"], params["fx"], params["fy"]
-    m00, m01 = fx * (c * a - s * b), fx * (-s * zy)
-    m10, m11 = fy * (s * a + c * b), fy * (c * zy)
-    tx, ty = params["tx"], params["ty"]
-    row0 = xp.stack((m00, m01 * (h / w), -(m00 * tx + m01 * ty) * (2 / w)), 1)
-    row1 = xp.stack((m10 * (w / h), m11, -(m10 * tx + m11 * ty) * (2 / h)), 1)
-    return xp.stack((row0, row1), 1)
+    cs, sn = (
+        (np.cos(p[:, 0::5]), np.sin(p[:, 0::5])) if isinstance(p, np.ndarray) else (p[:, 0::5].cos(), p[:, 0::5].sin())
+    )
+    c, s, csh, ssh = cs[:, 0], sn[:, 0], cs[:, 1], sn[:, 1]  # rotation and shear angles: columns 0 and 5
+    tx, ty, zx, zy, fx, fy = p[:, 1], p[:, 2], p[:, 3], p[:, 4], p[:, 6], p[:, 7]
+    a, b = csh * zx, ssh * zx
+    m00, m01 = (c * a + s * b) * fx, -s * zy * fx
+    m10, m11 = (s * a - c * b) * fy, c * zy * fy
+    if isinstance(p, np.ndarray):
+        theta = np.empty((len(p), 2, 3), p.dtype)
+    else:
+        theta = torch.empty((len(p), 2, 3), dtype=p.dtype, device=p.device)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = m00, m01 * (h / w), (m00 * tx + m01 * ty) * (-2 / w)
+    theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = m10 * (w / h), m11, (m10 * tx + m11 * ty) * (-2 / h)
+    return theta
 
 
 def _parse_bool(key: str, value: str) -> bool:

@@ -144,8 +144,8 @@ def test_numpy_fast_path_equals_the_torch_formulas(digits):
         warnings.simplefilter("ignore", UserWarning)
         aug = Augment.parse("rotation=45,shift=0.15,zoom=0.5,shear=15,flip=both")
     u = torch.rand(64, A._DRAWS, generator=torch.Generator().manual_seed(3))
-    t_np = torch.from_numpy(A.affine_matrices(aug._params(u.numpy(), (28, 28)), 28, 28))
-    t_torch = A.affine_matrices(aug._params(u, (28, 28)), 28, 28)
+    t_np = torch.from_numpy(A.affine_matrices(aug._table(u.numpy(), (28, 28)), 28, 28))
+    t_torch = A.affine_matrices(aug._table(u, (28, 28)), 28, 28)
     torch.testing.assert_close(t_np, t_torch, atol=1e-6, rtol=0)
     # ... and the warp equals torch's own affine_grid + grid_sample.
     grid = torch.nn.functional.affine_grid(t_torch, list(digits.shape), align_corners=False)
