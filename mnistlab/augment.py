@@ -61,6 +61,14 @@ FLIP_WARNING = (
     "flips change what a digit means (a mirrored 2 is no digit, a flipped 6 reads as a 9); "
     "use flip only for classes that stay themselves when mirrored"
 )
+# The --augment help of every command that takes it.
+SPEC_HELP = (
+    "comma-separated key=value with Keras ImageDataGenerator's meanings: rotation=DEG (angle drawn from ±DEG), "
+    "shift=F (up to ±F of the width and height; width_shift=, height_shift= separately), zoom=Z (scale factor "
+    "from [1-Z, 1+Z]; above 1 shows more, so the digit looks smaller; keep_aspect=true zooms both axes alike), "
+    "shear=DEG (shear angle from ±DEG), flip=none|horizontal|vertical|both (flips change what digits mean), "
+    "fill=nearest|constant|reflect (what fills the border); Keras's names (rotation_range=...) work too"
+)
 # Per-image parameters, in the column order of the internal table (see ``Augment.sample``).
 PARAMS = ("angle", "tx", "ty", "zx", "zy", "shear", "fx", "fy")
 # Uniform numbers drawn per image, always all of them, so a batch consumes the same amount of the

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.augment import preview
-
-AUGMENT_HELP = (
-    "comma-separated key=value with Keras ImageDataGenerator's meanings: rotation=DEG (angle drawn from ±DEG), "
-    "shift=F (up to ±F of the width/height; width_shift=, height_shift= separately), zoom=Z (scale factor from "
-    "[1-Z, 1+Z], above 1 shows more, so the digit looks smaller; keep_aspect=true zooms both axes alike), "
-    "shear=DEG (shear angle from ±DEG), flip=none|horizontal|vertical|both (flips change what digits mean), "
-    "fill=nearest|constant|reflect (what fills the border)"
-)
+from mnistlab.augment import SPEC_HELP, preview
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--augment",
         default="rotation=45,shift=0.15,zoom=0.5",
-        help=f"{AUGMENT_HELP} (default: rotation=45,shift=0.15,zoom=0.5, the lesson's)",
+        help=f"{SPEC_HELP} (default: rotation=45,shift=0.15,zoom=0.5, the lesson's)",
     )
     q.add_argument("--dataset", default="mnist", help="data set name or path (default: mnist)")
     q.add_argument(
