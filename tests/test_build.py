@@ -14,6 +14,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
+from mnistlab.cli import main
 from mnistlab.datasets import build as B
 from mnistlab.datasets import load, load_data
 from mnistlab.datasets.build import BuildError, ImageOptions, build_dataset, decode_image
@@ -378,7 +379,7 @@ def test_skip_bad_builds_from_good_lines(bad_source, tmp_path):
     assert "train.txt:10: image too large" in (out / "skipped.txt").read_text()
 
 
-def test_cli_reports_bad_lines_without_traceback(bad_source, tmp_path):
+def test_cli_reports_bad_lines_without_traceback(bad_source, tmp_path, capsys):
     out = tmp_path / "out"
     r = run_cli("data", "build", str(bad_source / "train.txt"), "--test", str(bad_source / "test.txt"), "-o", str(out))
     assert r.returncode == 2, r.stderr
@@ -386,18 +387,11 @@ def test_cli_reports_bad_lines_without_traceback(bad_source, tmp_path):
     assert r.stderr.startswith("mnistlab: error: ") and "12 bad entries; nothing written" in r.stderr.splitlines()[0]
     assert "train.txt:3: missing file" in r.stderr and "train.txt:8: path '../../outside.png' escapes" in r.stderr
     assert not out.exists()
-    r = run_cli(
-        "data",
-        "build",
-        str(bad_source / "train.txt"),
-        "--test",
-        str(bad_source / "test.txt"),
-        "-o",
-        str(out),
-        "--skip-bad",
-    )
-    assert r.returncode == 0, r.stderr
-    assert "skipped 12 bad entries" in r.stdout and "train.txt:6: label 'seven' is not an integer" in r.stdout
+    # The same CLI code in-process (another interpreter start would cost seconds).
+    args = ["data", "build", str(bad_source / "train.txt"), "--test", str(bad_source / "test.txt"), "-o", str(out)]
+    assert main([*args, "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 12 bad entries" in printed and "train.txt:6: label 'seven' is not an integer" in printed
 
 
 def test_bad_list_files(tmp_path):
@@ -473,13 +467,13 @@ def test_output_rules(course_png, tmp_path):
     assert os.stat(out / "x_train.npy").st_mode & 0o044  # readable like any other file, not 0600
 
 
-def test_cli_build_then_train_and_show(course_png, tmp_path):
+def test_cli_build_then_train_and_show(course_png, tmp_path, capsys):
     out = tmp_path / "own"
     r = run_cli("data", "build", str(course_png), "-o", str(out), "--workers", "2")
     assert r.returncode == 0, r.stderr
     assert f"built {out}: {N_TRAIN} train + {N_TEST} test images, 28x28 gray, 10 classes" in r.stdout
-    r = run_cli("data", "show", str(out), "--index", "1")
-    assert r.returncode == 0 and "label: " in r.stdout
+    assert main(["data", "show", str(out), "--index", "1"]) == 0
+    assert "label: " in capsys.readouterr().out
     run = tmp_path / "run"
     r = run_cli("train", "--preset", "lesson", "--epochs", "2", "--dataset", str(out), "--out", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
