@@ -403,7 +403,7 @@ def _decode_file(path: str, opts: ImageOptions) -> np.ndarray:
             arr = _jpeg_fast(data, opts)
             if arr is not None:
                 return arr
-    return _decode_pil(data, path, opts)
+    return _decode_pil(data, opts)
 
 
 def _read_file(path: str) -> bytes:
@@ -504,7 +504,15 @@ def _gray_jpeg_reader(size: tuple[int, int]) -> _GrayJpegReader:
     return readers[size]
 
 
-def _decode_pil(data: bytes, path: str, opts: ImageOptions) -> np.ndarray:
+def _decode_pil(data: bytes, opts: ImageOptions) -> np.ndarray:
+    with warnings.catch_warnings():
+        # Our own max_pixels applies (checked below, before any pixel is decoded); Pillow's warning
+        # would only repeat it. Pillow still refuses beyond twice its default on its own.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _decode_pil_checked(data, opts)
+
+
+def _decode_pil_checked(data: bytes, opts: ImageOptions) -> np.ndarray:
     try:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -521,19 +529,16 @@ def _decode_pil(data: bytes, path: str, opts: ImageOptions) -> np.ndarray:
                 f"{opts.max_pixels / 1e6:.1f} (refused as a possible decompression bomb)"
             )
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-                if im.format == "JPEG":  # let libjpeg shrink big photos while decoding: much faster
-                    im.draft("L" if opts.color == "gray" else "RGB", opts.size)
-                im.load()
-                img = ImageOps.exif_transpose(im) if "exif" in im.info else im  # phone photos stand upright
-                img = _fit(_to_mode(img, opts.color), opts)
-                arr = np.asarray(img)
+            if im.format == "JPEG":  # let libjpeg shrink big photos while decoding: much faster
+                im.draft("L" if opts.color == "gray" else "RGB", opts.size)
+            im.load()
+            img = ImageOps.exif_transpose(im) if "exif" in im.info else im  # phone photos stand upright
+            arr = np.asarray(_fit(_to_mode(img, opts.color), opts))
         except Image.DecompressionBombError as e:
             raise _Bad(f"image too large: {e}") from None
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise _Bad(f"corrupt image ({e})") from None
-    if arr.shape != opts.shape:  # pragma: no cover - Pillow gave an unexpected mode
+    if arr.shape != opts.shape:  # Pillow gave a mode we did not expect
         raise _Bad(f"decoded to shape {arr.shape}, expected {opts.shape}")
     return 255 - arr if opts.invert else arr
 
