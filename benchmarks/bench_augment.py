@@ -8,6 +8,8 @@ Medians of 3, in the same run:
   image), timed on 6,000 images and scaled to the epoch;
 - one real training epoch of the lesson's MLP (``Trainer.fit``) without and with augmentation.
 
+It takes a few minutes on an idle 2-core machine, far longer on a busy one.
+
 Run at torch's default thread count and at 1 thread: on a shared machine, two OpenMP threads fighting
 other work for two cores can be far slower than one. Run: ``python -m benchmarks.bench_augment``.
 """
@@ -104,12 +106,12 @@ def main() -> None:
         print(
             f"plain PyTorch, one image at a time: {base:.2f}s per epoch → batched (256) is {base / max(added_256, 1e-9):.0f}x faster"
         )
+        print(f"one training epoch of the lesson's MLP (Trainer.fit), {threads} thread(s):")
+        for batch in (32, 256):
+            plain, _ = med(lambda b=batch: train_epoch(ds.x_train, ds.y_train, b, None))
+            with_aug, _ = med(lambda b=batch: train_epoch(ds.x_train, ds.y_train, b, aug))
+            print(f"  batch {batch:>3}: {plain:.2f}s plain, {with_aug:.2f}s augmented → adds {with_aug - plain:.2f}s")
     torch.set_num_threads(default_threads)
-    print(f"-- one training epoch of the lesson's MLP (Trainer.fit, {default_threads} threads)")
-    for batch in (32, 256):
-        plain, _ = med(lambda b=batch: train_epoch(ds.x_train, ds.y_train, b, None))
-        with_aug, _ = med(lambda b=batch: train_epoch(ds.x_train, ds.y_train, b, aug))
-        print(f"batch {batch:>3}: {plain:.2f}s plain, {with_aug:.2f}s augmented → adds {with_aug - plain:.2f}s")
 
 
 if __name__ == "__main__":

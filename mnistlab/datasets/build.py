@@ -71,7 +71,11 @@ _HEADER_LABELS = {"label", "class", "target", "y", "category"}
 
 @dataclass(frozen=True)
 class BadEntry:
-    """One entry that cannot go into the data set: where it is (``file:line`` or a path) and why."""
+    """One entry that cannot go into the data set: where it is (``file:line`` or a path) and why.
+
+    >>> str(BadEntry("train.txt:3", "missing file: a.png does not exist"))
+    'train.txt:3: missing file: a.png does not exist'
+    """
 
     where: str
     reason: str
@@ -650,7 +654,11 @@ def _cpu_count() -> int:
 
 
 def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
-    """``28``, ``"28"``, ``"32x24"`` (width x height) or ``(32, 24)`` → ``(width, height)``."""
+    """``28``, ``"28"``, ``"32x24"`` (width x height) or ``(32, 24)`` → ``(width, height)``.
+
+    >>> parse_size("32x24"), parse_size(28)
+    ((32, 24), (28, 28))
+    """
     try:
         if isinstance(size, int):
             return (size, size)
