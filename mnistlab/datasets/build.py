@@ -162,7 +162,8 @@ def format_report(bad: Sequence[BadEntry], limit: int | None = None) -> str:
 
 
 def _kind(reason: str) -> str:
-    return reason.split(":")[0].split(" (")[0]
+    """The reason without its particulars, to count alike entries: "label '…' is not an integer"."""
+    return re.sub(r"'[^']*'|\b\d+\b", "…", reason.split(":")[0].split(" (")[0])
 
 
 # -- reading sources ------------------------------------------------------------------------------
@@ -774,7 +775,8 @@ def build_dataset(
     name = name or out.name
     meta = {
         "format": BUILT_FORMAT, "version": 1, "name": name, "class_names": list(class_list),
-        "source": {"train": str(train_src.path.absolute()), "test": str(test_src.path.absolute()) if test_src else None, "split": split, "seed": seed},
+        "source": {"train": str(train_src.path.absolute()), "split": split, "seed": seed,
+                   "test": str(test_src.path.absolute()) if test_src else None},
         "image": {"size": list(opts.size), "color": opts.color, "invert": opts.invert, "fit": opts.fit},
         "counts": {"train": int(len(arrays["y_train"])), "test": int(len(arrays["y_test"])), "skipped": len(bad)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
