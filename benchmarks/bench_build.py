@@ -17,12 +17,12 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from benchmarks.common import timed
 from mnistlab.datasets import load, load_data
 from mnistlab.datasets.build import build_dataset
 
@@ -62,12 +62,6 @@ def generateds(path: str, txt: str) -> tuple[np.ndarray, np.ndarray]:
     x = np.array(x)
     y_ = np.array(y_).astype(np.int64)
     return x, y_
-
-
-def timed(fn) -> tuple[float, object]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def main() -> None:

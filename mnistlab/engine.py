@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mnistlab import checkpoint as ckpt
-from mnistlab import fileio
+from mnistlab import faults, fileio
 from mnistlab.config import OPTIMIZERS, SCHEDULES
 from mnistlab.errors import CheckpointError, ConfigError, MnistlabError
 from mnistlab.preprocess import images_to_tensor, labels_to_tensor
@@ -48,7 +48,8 @@ ACC = "sparse_categorical_accuracy"
 KEYS = ("loss", ACC, "val_loss", f"val_{ACC}")
 # Settings that must match to resume a run (epochs may grow when the schedule allows it).
 RESUME_KEYS = ("model", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup",
-               "label_smoothing", "batch_size", "seed", "augment", "data", "n_train", "validation_freq")  # fmt: skip
+               "label_smoothing", "batch_size", "seed", "augment", "data", "n_train", "validation_freq",
+               "precision")  # fmt: skip
 
 
 class TrainingInterrupted(MnistlabError):
@@ -64,12 +65,13 @@ class History:
         self.history: dict[str, list[float]] = history if history is not None else {}
         self.epoch: list[int] = epoch if epoch is not None else []
         self.val_epoch: list[int] = []  # the epochs (0-based) that have validation values
+        self.times: list[float] = []  # cumulative training seconds at the end of each epoch
         self.resumed_at: list[float] = []  # epochs done (fractional mid-epoch) when a run was resumed
         self.best: dict[str, Any] = {}
 
     def to_dict(self) -> dict:
         return {
-            "history": self.history, "epoch": self.epoch, "val_epoch": self.val_epoch,
+            "history": self.history, "epoch": self.epoch, "val_epoch": self.val_epoch, "times": self.times,
             "resumed_at": self.resumed_at, "best": self.best,
         }  # fmt: skip
 
@@ -77,6 +79,7 @@ class History:
     def from_dict(cls, d: dict) -> History:
         h = cls({k: list(v) for k, v in d.get("history", {}).items()}, list(d.get("epoch", [])))
         h.val_epoch = list(d.get("val_epoch", []))
+        h.times = list(d.get("times", []))
         h.resumed_at = list(d.get("resumed_at", []))
         h.best = dict(d.get("best", {}))
         return h
@@ -129,13 +132,31 @@ def make_optimizer(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 4096, precision: str = "fp32", channels_last: bool = False
+) -> torch.Tensor:
+    """Logits in eval mode, in large batches; ``precision="bf16"`` runs under autocast (float32 logits)."""
     was = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        outs = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size]
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with _autocast(xb.device, precision):
+                outs.append(model(xb).float())
+        return torch.cat(outs)
     finally:
         model.train(was)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    # bfloat16 autocast: convolutions and matmuls in bf16 (AMX/AVX-512 on recent CPUs, tensor cores on GPUs),
+    # weights, optimizer state and batch-norm statistics stay float32.
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def predict_proba(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
@@ -188,6 +209,8 @@ class Trainer:
         device: str | torch.device = "auto",
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         augment_spec: str = "",
+        precision: str = "fp32",
+        channels_last: bool = False,
         verbose: int = 1,
     ) -> None:
         if schedule not in SCHEDULES:
@@ -196,18 +219,25 @@ class Trainer:
             raise ConfigError(f"label smoothing must lie in [0, 1), got {label_smoothing!r}")
         if not lr > 0:
             raise ConfigError(f"learning rate must be > 0, got {lr!r}")
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.model = model.to(self.device)
+        self.precision, self.channels_last = precision, channels_last
+        self.model = (
+            model.to(self.device, memory_format=torch.channels_last) if channels_last else model.to(self.device)
+        )
         if isinstance(optimizer, torch.optim.Optimizer):
+            # The optimizer's own learning rates are the base; ``lr`` is ignored, as in Keras.
             self.optimizer, self.optimizer_name = optimizer, type(optimizer).__name__.lower()
+            lr = float(optimizer.param_groups[0]["lr"])
         else:
             self.optimizer = make_optimizer(optimizer, self.model.parameters(), lr, momentum, weight_decay, self.device)
             self.optimizer_name = optimizer
-        self.base_lr = lr
+        self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self.settings = {
             "optimizer": self.optimizer_name, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
             "schedule": schedule, "warmup": warmup, "label_smoothing": label_smoothing, "seed": seed,
-            "augment": augment_spec,
+            "augment": augment_spec, "precision": precision,
         }  # fmt: skip
         self.schedule, self.warmup = schedule, warmup
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -228,7 +258,7 @@ class Trainer:
         return self._evaluate(xt.to(self.device), yt, batch_size)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
-        logits = predict_logits(self.model, x, batch_size)
+        logits = predict_logits(self.model, x, batch_size, self.precision, self.channels_last)
         loss = nn.functional.cross_entropy(logits, y).item()  # plain CE, as Keras reports val_loss
         acc = (logits.argmax(1) == y).float().mean().item()
         return {"loss": loss, ACC: acc}
@@ -262,7 +292,9 @@ class Trainer:
         ``resume=True`` continues from ``run_dir/last.safetensors`` where it stopped.
         """
         if epochs < 1 or batch_size < 1 or validation_freq < 1:
-            raise ConfigError(f"epochs, batch_size and validation_freq must be ≥ 1, got {epochs}, {batch_size}, {validation_freq}")
+            raise ConfigError(
+                f"epochs, batch_size and validation_freq must be ≥ 1, got {epochs}, {batch_size}, {validation_freq}"
+            )
         if mode not in ("max", "min"):
             raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
         X = images_to_tensor(x, self.device)
@@ -284,7 +316,13 @@ class Trainer:
 
         g_shuffle = torch.Generator().manual_seed(self.seed)
         g_aug = torch.Generator(device=self.device).manual_seed(self.seed + 1)
-        state = {"epoch": 0, "step": 0, "global_step": 0, "train_time": 0.0, "sums": torch.zeros(3, dtype=torch.float64)}
+        state = {
+            "epoch": 0,
+            "step": 0,
+            "global_step": 0,
+            "train_time": 0.0,
+            "sums": torch.zeros(3, dtype=torch.float64),
+        }
         shuffle_epoch_start = g_shuffle.get_state()
         if resume:
             if run is None:
@@ -292,7 +330,10 @@ class Trainer:
             shuffle_epoch_start = self._restore(run, fingerprint, epochs, steps_per_epoch, state, g_shuffle, g_aug)
             if state["epoch"] >= epochs:
                 if self.verbose:
-                    print(f"{run}: already trained to {state['epoch']} of {epochs} epochs; nothing to do", file=self.stream)
+                    print(
+                        f"{run}: already trained to {state['epoch']} of {epochs} epochs; nothing to do",
+                        file=self.stream,
+                    )
                 return self.history
             self.history.resumed_at.append(state["epoch"] + state["step"] / steps_per_epoch)
         else:
@@ -329,11 +370,14 @@ class Trainer:
                     xb, yb = X.index_select(0, idx), Y.index_select(0, idx)
                     if self.augment is not None:
                         xb = self.augment(xb, g_aug)
-                    lr = lr_at(state["global_step"], total_steps, self.base_lr, self.schedule, self.warmup)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    logits = self.model(xb)
-                    loss = self.loss_fn(logits, yb)
+                    factor = lr_at(state["global_step"], total_steps, 1.0, self.schedule, self.warmup)
+                    for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                        group["lr"] = base * factor
+                    if self.channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    with _autocast(self.device, self.precision):
+                        logits = self.model(xb)
+                        loss = self.loss_fn(logits.float(), yb)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
@@ -343,10 +387,16 @@ class Trainer:
                         )  # fmt: skip
                     state["global_step"] += 1
                     state["step"] = step + 1
+                    if faults.hit("step", state["global_step"]):
+                        faults.fire()
                     if bar.dynamic:
                         bar.update(step + 1, self._running(sums) if step + 1 < steps_per_epoch else None)
                     stop = sigint is not None and sigint.requested
-                    if run is not None and (stop or (save_every and state["global_step"] % save_every == 0)) and step + 1 < steps_per_epoch:
+                    if (
+                        run is not None
+                        and (stop or (save_every and state["global_step"] % save_every == 0))
+                        and step + 1 < steps_per_epoch
+                    ):
                         state["sums"] = sums.cpu()
                         state["train_time"] += time.perf_counter() - t0
                         t0 = time.perf_counter()
@@ -362,17 +412,22 @@ class Trainer:
                 for k, v in logs.items():
                     self.history.history.setdefault(k, []).append(v)
                 self.history.epoch.append(epoch)
+                self.history.times.append(round(state["train_time"], 4))
                 if "val_loss" in logs:
                     self.history.val_epoch.append(epoch)
                 state.update(epoch=epoch + 1, step=0, sums=torch.zeros(3, dtype=torch.float64))
                 if run is not None:
                     key = best_key if best_key in logs else best_key.removeprefix("val_")
-                    improved = key in logs and ("value" not in self.history.best or best_better(logs[key], self.history.best["value"]))
+                    improved = key in logs and (
+                        "value" not in self.history.best or best_better(logs[key], self.history.best["value"])
+                    )
                     if improved:
                         self.history.best = {"monitor": key, "mode": mode, "value": logs[key], "epoch": epoch + 1}
                         save(run / ckpt.BEST, epoch_done=True)
                     save(run / ckpt.LAST, epoch_done=True)
                     self._write_metrics(run)
+                    if faults.hit("epoch", state["epoch"]):
+                        faults.fire()
                     if sigint is not None and sigint.requested and state["epoch"] < epochs:
                         self._interrupted(run, state, steps_per_epoch, resume_command)
         self.train_time = state["train_time"]
@@ -384,7 +439,11 @@ class Trainer:
         return {"loss": s[0] / max(s[2], 1), ACC: s[1] / max(s[2], 1)}
 
     def _interrupted(self, run: Path, state: dict, steps_per_epoch: int, command: str | None) -> None:
-        where = f"epoch {state['epoch'] + 1} step {state['step']}/{steps_per_epoch}" if state["step"] else f"the end of epoch {state['epoch']}"
+        where = (
+            f"epoch {state['epoch'] + 1} step {state['step']}/{steps_per_epoch}"
+            if state["step"]
+            else f"the end of epoch {state['epoch']}"
+        )
         cmd = command or f"mnistlab train --resume {run}"
         raise TrainingInterrupted(f"interrupted at {where}; saved {run / ckpt.LAST}. Resume with: {cmd}")
 
@@ -418,7 +477,14 @@ class Trainer:
                  g_shuffle: torch.Generator, g_aug: torch.Generator) -> torch.Tensor:  # fmt: skip
         tensors, meta = ckpt.read(run / ckpt.LAST)
         old = meta.get("fingerprint", {})
-        diffs = [f"{k} ({old.get(k)!r} → {fingerprint.get(k)!r})" for k in RESUME_KEYS if old.get(k) != fingerprint.get(k)]
+        if old.get("data") != fingerprint.get("data"):
+            raise CheckpointError(
+                f"{run}: cannot resume: the data set changed since the run started "
+                f"(content digest {old.get('data')} → {fingerprint.get('data')})"
+            )
+        diffs = [
+            f"{k} ({old.get(k)!r} → {fingerprint.get(k)!r})" for k in RESUME_KEYS if old.get(k) != fingerprint.get(k)
+        ]
         if diffs:
             raise CheckpointError(f"{run}: cannot resume with different settings: {', '.join(diffs)}")
         if self.settings["schedule"] != "constant" and old.get("total_steps") != steps_per_epoch * epochs:
@@ -429,8 +495,11 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt.prefixed(tensors, "model/"))
             self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+            _match_param_layout(self.optimizer)
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{run / ckpt.LAST}: state does not fit this model/optimizer ({str(e).splitlines()[0]})") from None
+            raise CheckpointError(
+                f"{run / ckpt.LAST}: state does not fit this model/optimizer ({str(e).splitlines()[0]})"
+            ) from None
         g_shuffle.set_state(tensors["rng/shuffle"])
         g_aug.set_state(tensors["rng/augment"])
         torch.set_rng_state(tensors["rng/torch"])
@@ -471,6 +540,20 @@ class Trainer:
             w.writerow(row)
         fileio.write_text(run / "metrics.csv", buf.getvalue())
         fileio.write_text(run / "history.json", json.dumps(self.history.to_dict(), indent=1) + "\n")
+
+
+def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimizer state the memory layout of its parameter (e.g. channels_last).
+
+    Checkpoints store tensors contiguous; kernels pick different code paths (and summation orders) for
+    other layouts, so without this a resumed channels_last run drifts from the uninterrupted one.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _jsonable(state: dict) -> dict:

@@ -62,9 +62,7 @@ class Progbar:
         self._drawn_len = 0
         self._finished = False
 
-    def update(
-        self, current: int, values: Mapping[str, float] | None = None, *, finalize: bool = False
-    ) -> None:
+    def update(self, current: int, values: Mapping[str, float] | None = None, *, finalize: bool = False) -> None:
         if not self.enabled or self._finished:
             return
         done = finalize or (self.target is not None and current >= self.target)

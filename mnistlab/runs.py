@@ -10,7 +10,6 @@ A run folder holds ``config.json``, ``summary.txt``, ``metrics.csv``, ``history.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from mnistlab import checkpoint as ckpt
 from mnistlab import fileio
 from mnistlab.config import TrainConfig
 from mnistlab.datasets import Dataset, load
-from mnistlab.engine import ACC, Trainer, pick_device, predict_logits
+from mnistlab.engine import ACC, Trainer, TrainingInterrupted, pick_device, predict_logits
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.models import build_model, summary
 from mnistlab.preprocess import images_to_tensor, labels_to_tensor
@@ -43,8 +42,6 @@ def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
     if config.width:
         kwargs["width" if config.model == "cnn" else "hidden"] = config.width
     if config.normalize:
-        if config.model != "mlp":
-            raise ConfigError(f"normalize is only offered for the mlp model, not {config.model!r}")
         x = np.asarray(ds.x_train, dtype=np.float32) / 255.0
         kwargs["normalize"] = [round(float(x.mean()), 6), round(float(x.std()), 6)]
     return build_model(config.model, **kwargs)
@@ -82,19 +79,28 @@ def train_run(
     """
     out = Path(out)
     if resume:
-        try:
-            saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-        except FileNotFoundError:
-            raise CheckpointError(f"{out}: not a run folder (no config.json)") from None
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{out}/config.json: unreadable ({e})") from None
         if not (out / ckpt.LAST).is_file():
-            raise CheckpointError(f"{out}: nothing to resume (no {ckpt.LAST})")
+            raise CheckpointError(f"{out}: not a run folder, or nothing to resume (no {ckpt.LAST})")
+        for stale in out.glob(".*.tmp"):  # half-written files of a killed save (never the real ones)
+            stale.unlink(missing_ok=True)
+        done = ckpt.read_meta(out / ckpt.LAST)
+        # The checkpoint is the source of truth for the config (config.json is a copy for people).
+        try:
+            saved = TrainConfig.from_dict(done["config"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{out / ckpt.LAST}: no usable config inside ({e})") from None
         config = _merge_resume(saved, overrides or {})
+        if done.get("epoch", 0) >= config.epochs and done.get("step", 0) == 0:
+            msg = f"{out}: already trained to {done['epoch']} of {config.epochs} epochs; nothing to do"
+            if verbose:
+                print(msg)
+            return {"summary": msg, "nothing_to_do": True, "epochs": done["epoch"]}
     elif config is None:
         raise ConfigError("a config is needed unless resuming")
     elif (out / ckpt.LAST).is_file() and not force:
-        raise ConfigError(f"{out} already holds a run; use --resume {out} to continue it, --force to replace it, or another --out")
+        raise ConfigError(
+            f"{out} already holds a run; use --resume {out} to continue it, --force to replace it, or another --out"
+        )
     elif force:
         for name in (ckpt.LAST, ckpt.BEST, "metrics.csv", "history.json", "result.json"):
             (out / name).unlink(missing_ok=True)
@@ -111,7 +117,7 @@ def train_run(
         model, config.optimizer, config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
         schedule=config.schedule, warmup=config.warmup, label_smoothing=config.label_smoothing,
         seed=config.seed, device=device, augment=make_augment(config.augment), augment_spec=config.augment,
-        verbose=verbose,
+        precision=config.precision, channels_last=config.channels_last, verbose=verbose,
     )  # fmt: skip
     table = summary(model, ds.input_shape)
     trainer.extra_meta = {
@@ -125,13 +131,20 @@ def train_run(
         if verbose:
             print(table)
     t0 = time.perf_counter()
-    history = trainer.fit(
-        ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
-        validation_data=(ds.x_test, ds.y_test), validation_freq=config.validation_freq,
-        run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.mode,
-        eval_batch_size=config.eval_batch_size, data_identity=ds.identity(),
-        resume_command=f"mnistlab train --resume {out}",
-    )  # fmt: skip
+    try:
+        history = trainer.fit(
+            ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
+            validation_data=(ds.x_test, ds.y_test), validation_freq=config.validation_freq,
+            run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.mode,
+            eval_batch_size=config.eval_batch_size, data_identity=ds.identity(),
+            resume_command=f"mnistlab train --resume {out}",
+        )  # fmt: skip
+    except TrainingInterrupted:
+        if resume:
+            fileio.write_json(out / "config.json", config.to_dict())
+        raise
+    if resume:  # only once the checkpoint accepted the settings: the new total of epochs
+        fileio.write_json(out / "config.json", config.to_dict())
     wall = time.perf_counter() - t0
     test = trainer.evaluate(ds.x_test, ds.y_test, config.eval_batch_size)
     result = {
@@ -140,11 +153,12 @@ def train_run(
         "threads": torch.get_num_threads(),
     }  # fmt: skip
     fileio.write_json(out / "result.json", result)
+    result["summary"] = (
+        f"test accuracy {test[ACC]:.4f} (loss {test['loss']:.4f}) after {result['epochs']} epochs; "
+        f"training time {result['train_time_s']:.2f}s; run folder {out}"
+    )
     if verbose:
-        print(
-            f"test accuracy {test[ACC]:.4f} (loss {test['loss']:.4f}) after {result['epochs']} epochs; "
-            f"training time {result['train_time_s']:.2f}s; run folder {out}"
-        )
+        print(result["summary"])
     return result
 
 

@@ -46,12 +46,19 @@ def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return h
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run ``python -m mnistlab ARGS`` in a real subprocess."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+        [sys.executable, "-m", "mnistlab", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
     )
 
 
@@ -75,3 +82,16 @@ def browser():
         yield drv
     finally:
         drv.quit()
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> Path:
+    """A real run folder: the fast preset, 2 epochs on the first 5,000 MNIST training images (a few seconds)."""
+    from mnistlab.config import from_preset
+    from mnistlab.runs import train_run
+
+    out = tmp_path_factory.mktemp("runs") / "small"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MNISTLAB_HOME", str(session_home))
+        train_run(from_preset("fast", epochs=2, limit_train=5000), out, verbose=0)
+    return out

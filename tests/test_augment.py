@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from PIL import Image
 
 from mnistlab import augment as A
@@ -23,6 +22,7 @@ from mnistlab.errors import ConfigError
 from mnistlab.models import build_model
 from mnistlab.preprocess import images_to_tensor
 from mnistlab.runs import train_run
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,18 @@ from mnistlab import __version__
 from mnistlab.errors import MnistlabError
 
 # Each name is a module ``mnistlab.cli.<name>`` with ``register(subparsers)``.
-COMMANDS = ["data", "train", "evaluate", "augment"]
+COMMANDS = ["data", "train", "evaluate", "plot", "report", "export", "augment"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mnistlab", description="MNIST-style image classification on PyTorch: data, train, look, export, predict."
     )
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")

@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = dsub.add_parser("download", help="download a data set into the data home from its mirrors")
     q.add_argument("name", choices=list(SPECS), help="data set name")
-    q.add_argument("--mirror", action="append", help="base URL to try (repeatable; default: built-in list or $MNISTLAB_MIRRORS)")
+    q.add_argument(
+        "--mirror", action="append", help="base URL to try (repeatable; default: built-in list or $MNISTLAB_MIRRORS)"
+    )
     q.add_argument("--timeout", type=float, default=30.0, help="seconds per connection (default: 30)")
     q.set_defaults(func=cmd_download)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mnistlab.augment import SPEC_HELP
 from mnistlab.config import OPTIMIZERS, PRESETS, SCHEDULES, from_preset
@@ -12,7 +13,7 @@ from mnistlab.runs import RESUMABLE_OVERRIDES, train_run
 # CLI flag → config field, for flags that override the preset when given.
 FIELDS = ("dataset", "data_dir", "model", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
           "schedule", "warmup", "label_smoothing", "augment", "seed", "device", "threads", "validation_freq",
-          "save_every", "limit_train", "limit_test", "width")  # fmt: skip
+          "save_every", "limit_train", "limit_test", "width", "precision")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"augment training batches, e.g. rotation=45,shift=0.15,zoom=0.5,shear=0,flip=none; {SPEC_HELP}. "
         "See it first with `mnistlab augment preview` (default: none)",
     )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="bf16 runs convolutions and matmuls in bfloat16 under autocast (fast on CPUs with AMX/AVX-512 "
+        "and on GPUs); weights stay float32 (default: from --preset)",
+    )
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same numbers (default: 0)")
     p.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--threads", type=int, help="torch threads, 0 = torch's choice (default: 0)")
@@ -60,11 +67,13 @@ def run(args: argparse.Namespace) -> int:
     given = {f: getattr(args, f) for f in FIELDS if getattr(args, f) is not None}
     verbose = 0 if args.quiet else 1
     if args.resume:
-        train_run(None, args.resume, resume=True, overrides=given, verbose=verbose)
-        return 0
-    config = from_preset(args.preset, **given)
-    out = args.out or f"runs/{config.dataset.replace('/', '_')}-{config.model}"
-    train_run(config, out, init_from=args.init_from, force=args.force, verbose=verbose)
+        result = train_run(None, args.resume, resume=True, overrides=given, verbose=verbose)
+    else:
+        config = from_preset(args.preset, **given)
+        out = args.out or f"runs/{Path(config.dataset).name}-{config.model}"
+        result = train_run(config, out, init_from=args.init_from, force=args.force, verbose=verbose)
+    if args.quiet:
+        print(result["summary"])
     return 0
 
 

@@ -874,11 +874,7 @@ def _write(out: Path, arrays: dict[str, np.ndarray], meta: dict, report: str, fo
         if report:
             fileio.write_text(tmp / "skipped.txt", report + "\n")
         fileio.write_json(tmp / "dataset.json", meta)
-        # Temp files and folders are private (0600/0700); a data set is as readable as any file made here.
-        umask = _umask()
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        os.chmod(tmp, 0o777 & ~umask)
+        os.chmod(tmp, 0o777 & ~fileio._umask())  # mkdtemp makes 0700; a data set is as readable as other folders
         _check_out(out, force)  # again: something may have appeared there while we decoded
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -894,12 +890,6 @@ def _write(out: Path, arrays: dict[str, np.ndarray], meta: dict, report: str, fo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
 
 
 def load_data(path: str | os.PathLike[str]) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
