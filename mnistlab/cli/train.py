@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mnistlab.augment import SPEC_HELP
 from mnistlab.config import OPTIMIZERS, PRESETS, SCHEDULES, from_preset
 from mnistlab.models import MODELS
 from mnistlab.runs import RESUMABLE_OVERRIDES, train_run
@@ -38,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, help="label smoothing (default: 0)")
     p.add_argument(
         "--augment",
-        help="augmentation, e.g. rotation=45,shift=0.15,zoom=0.5,shear=0,flip=none (Keras ImageDataGenerator "
-        "meanings: degrees ±, fraction of width/height, zoom range [1-z, 1+z]) (default: none)",
+        help=f"augment training batches, e.g. rotation=45,shift=0.15,zoom=0.5,shear=0,flip=none; {SPEC_HELP}. "
+        "See it first with `mnistlab augment preview` (default: none)",
     )
     p.add_argument(
         "--precision",
