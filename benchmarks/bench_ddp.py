@@ -18,7 +18,6 @@ Run: ``python -m benchmarks.bench_ddp``.
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -95,7 +94,7 @@ def measure(nproc: int, threads: int, folder: Path) -> tuple[float, float, float
 
 
 def main() -> None:
-    cores = len(os.sched_getaffinity(0))
+    cores = distributed.cpu_count()
     print(f"DDP throughput: fast-preset MLP, {N_TRAIN:,} images × {EPOCHS} epochs, global batch {BATCH}, "
           f"{cores} cores, torch {torch.__version__}; medians of {REPEATS}")  # fmt: skip
     # One process with one thread, one with every core, and two sharing the cores: the fair comparison

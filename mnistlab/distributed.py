@@ -52,6 +52,15 @@ class PeerLostError(DistributedError):
     exit_code = 1
 
 
+class RankFailed(DistributedError):
+    """A launched process failed; the message is its own, the exit code its own (128 + N for signal N)."""
+
+    def __init__(self, message: str, exitcode: int) -> None:
+        super().__init__(message)
+        self.exit_code = exitcode if exitcode > 0 else 128 - exitcode
+        self.signal = -exitcode if exitcode < 0 else 0
+
+
 class LaunchInterrupted(DistributedError):
     """Ctrl-C (or SIGTERM) reached the launcher; every rank was stopped."""
 
@@ -260,7 +269,7 @@ def peer_errors() -> Iterator[None]:
         yield
     except MnistlabError:
         raise
-    except (RuntimeError, ConnectionError) as e:
+    except RuntimeError as e:  # what gloo and nccl raise, DistError included
         if _ctx is None or not lost_peer(e):
             raise
         raise PeerLostError(
@@ -272,7 +281,7 @@ def peer_errors() -> Iterator[None]:
 def lost_peer(exc: BaseException) -> bool:
     """Does ``exc`` say that another rank went away (rather than a bug in this one)?"""
     text = str(exc).lower()
-    signs = ("closed by peer", "reset by peer", "broken pipe", "connection refused", "connection closed")
+    signs = ("closed by peer", "reset by peer", "connection refused", "connection closed")
     dist_error = getattr(dist, "DistError", ())
     return isinstance(exc, dist_error) or any(s in text for s in signs)
 
@@ -293,7 +302,7 @@ def per_rank_batch(batch_size: int, world: int) -> int:
 
 
 def check_same_world(run: object, was: int, now: int) -> None:
-    """A run resumes as as many processes as it was trained with: each one's generators are in the checkpoint."""
+    """A run resumes with as many processes as it was trained with: each one's generators are in the checkpoint."""
     if was != now:
         raise CheckpointError(
             f"{run}: trained as {was} process(es), so it resumes only as {was} (asked: {now}); "
@@ -352,7 +361,7 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, master_port: int | No
         monitor_interval=0.1, start_method="spawn",
     )  # fmt: skip
     # As torchrun does, but sharing the cores out rather than giving each process one.
-    threads = str(max(1, len(os.sched_getaffinity(0)) // nproc))
+    threads = str(max(1, cpu_count() // nproc))
     with _env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads)), _quiet_agent(), _own_signals():
         try:
             results = elastic_launch(config, _entry)(fn, args, kwargs)
@@ -397,7 +406,7 @@ def record_error(exc: BaseException) -> None:
         fileio.write_text(path, json.dumps(data))
 
 
-def _root_cause(e: Any, nproc: int) -> DistributedError:
+def _root_cause(e: Any, nproc: int) -> RankFailed:
     """The failure that started it: not a rank that lost its partner, nor one the agent stopped."""
     failures = sorted(e.failures.items())
 
@@ -414,10 +423,7 @@ def _root_cause(e: Any, nproc: int) -> DistributedError:
             message = f"exited with code {f.exitcode}"
     messages = {m.get("message") if isinstance(m, dict) else None for m in (g.message for _, g in own)}
     same_everywhere = len(own) == nproc and len(messages) == 1  # e.g. a bad setting: every rank says so
-    err = DistributedError(message if same_everywhere else f"rank {rank_} of {nproc} failed: {message}")
-    err.exit_code = f.exitcode if f.exitcode > 0 else 128 - f.exitcode
-    err.signal = -f.exitcode if f.exitcode < 0 else 0  # type: ignore[attr-defined]
-    return err
+    return RankFailed(message if same_everywhere else f"rank {rank_} of {nproc} failed: {message}", f.exitcode)
 
 
 @contextlib.contextmanager
@@ -461,6 +467,11 @@ def _quiet_agent() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _first_line(e: BaseException) -> str:

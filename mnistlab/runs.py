@@ -23,7 +23,7 @@ from mnistlab import distributed, fileio
 from mnistlab.config import TrainConfig
 from mnistlab.datasets import Dataset, load
 from mnistlab.engine import ACC, Trainer, TrainingInterrupted, pick_device, predict_logits
-from mnistlab.errors import CheckpointError, ConfigError, DistributedError
+from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.models import build_model, summary
 from mnistlab.preprocess import images_to_tensor, labels_to_tensor
 
@@ -145,8 +145,8 @@ def _launch(nproc: int, master_port: int | None, config: TrainConfig, out: Path,
         )  # fmt: skip
     except distributed.LaunchInterrupted as e:
         raise TrainingInterrupted(f"{e}; {out} keeps its last saved state. Resume with: {again}") from None
-    except DistributedError as e:
-        if getattr(e, "signal", 0) and (out / ckpt.LAST).is_file():
+    except distributed.RankFailed as e:
+        if e.signal and (out / ckpt.LAST).is_file():  # killed: say how to carry on
             e.args = (f"{e}; {out} keeps its last saved state. Resume with: {again}",)
         raise
 
