@@ -480,6 +480,10 @@ class Trainer:
 
     def _save(self, path: Path, state: dict, fingerprint: dict, g_shuffle: torch.Generator, g_aug: torch.Generator,
               shuffle_epoch_start: torch.Tensor, epoch_done: bool) -> None:  # fmt: skip
+        if distributed.current() is not None:
+            # Mid-epoch, each rank's batch-norm statistics moved with its own last batch; DDP overwrites
+            # them with rank 0's at the next forward anyway, so rank 0's are the ones to save and compare.
+            distributed.sync_buffers(self.model)
         opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(opt_tensors)

@@ -213,7 +213,7 @@ def test_a_single_process_joins_no_run(monkeypatch: pytest.MonkeyPatch) -> None:
         distributed.check_nproc(-2)
 
 
-# -- per-rank generators: augmentation draws from each rank's own stream ---------------------------
+# -- per-rank state: augmentation streams and batch-norm statistics -----------------------------------
 
 
 def _noise(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -221,16 +221,16 @@ def _noise(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def _fit_with_noise(run_dir: str, resume: bool) -> list[float]:
-    """One rank of a library-level run: ``setup`` + ``Trainer.fit`` with a random augmentation."""
+    """One rank of a library-level run: ``setup`` + ``Trainer.fit``, a batch-norm CNN, random augmentation."""
     from mnistlab.datasets import mnist
     from mnistlab.engine import Trainer
-    from mnistlab.models import mlp
+    from mnistlab.models import cnn
 
     distributed.setup("cpu")
     try:
         (x, y), (xt, yt) = mnist.load_data()
         torch.manual_seed(0)
-        trainer = Trainer(mlp(), lr=3e-3, augment=_noise, augment_spec="noise", device="cpu", verbose=0)
+        trainer = Trainer(cnn(width=4), lr=3e-3, augment=_noise, augment_spec="noise", device="cpu", verbose=0)
         h = trainer.fit(x[:2000], y[:2000], batch_size=100, epochs=2, validation_data=(xt[:500], yt[:500]),
                         run_dir=run_dir, resume=resume, save_every=5)  # fmt: skip
         return h.history["loss"]
@@ -239,7 +239,7 @@ def _fit_with_noise(run_dir: str, resume: bool) -> list[float]:
 
 
 @pytest.mark.slow
-def test_kill_and_resume_with_augmentation_restores_every_ranks_stream(
+def test_kill_and_resume_with_augmentation_and_batch_norm_is_bit_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
