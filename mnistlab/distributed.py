@@ -10,11 +10,14 @@ shared seed and trains on its slice of every global batch; ``DistributedDataPara
 gradients, so all ranks hold the same weights after every step. Metrics are summed across ranks before
 anything is printed; rank 0 alone prints and writes files. Backend: ``gloo`` on CPU, ``nccl`` on CUDA.
 
-In your own script under torchrun, ``setup()`` joins the run and ``Trainer.fit`` does the rest:
+In your own script, run by ``torchrun --nproc-per-node=2 my_script.py``, every rank runs the same lines:
 
->>> ctx = setup()          # None when not launched by torchrun (a plain single process)
->>> is_main()
-True
+>>> from mnistlab.engine import Trainer
+>>> from mnistlab.models import mlp
+>>> ctx = setup()          # joins the run; None when started without torchrun (then fit trains alone)
+>>> trainer = Trainer(mlp(), device=ctx.device if ctx else "auto")  # rank 0 alone will print
+>>> history = trainer.fit(x, y, batch_size=256, epochs=3, run_dir="runs/mine")  # doctest: +SKIP
+>>> teardown()
 """
 
 from __future__ import annotations
