@@ -57,10 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--nproc",
         type=int,
         default=1,
+        metavar="N",
         help="train data-parallel in N processes on this machine, as torchrun --nproc-per-node=N does; "
         "for several machines run torchrun itself (see the README) (default: 1)",
     )
-    p.add_argument("--master-port", type=int, help="port the --nproc processes meet on (default: a free one)")
+    p.add_argument(
+        "--master-port", type=int, metavar="PORT", help="port the --nproc processes meet on (default: a free one)"
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.set_defaults(func=run)
 
