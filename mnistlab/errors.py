@@ -35,3 +35,7 @@ class ExportError(MnistlabError):
 
 class ImageError(MnistlabError):
     """An input image cannot be read or holds nothing to recognise."""
+
+
+class DistributedError(MnistlabError):
+    """A multi-process run cannot start (bad world size, port in use) or one of its processes failed."""

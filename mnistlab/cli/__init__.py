@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MnistlabError as e:
         print(f"mnistlab: error: {e}", file=sys.stderr)
+        from mnistlab.distributed import record_error
+
+        record_error(e)  # under torchrun: its failure report shows this line, not "enable traceback"
         return e.exit_code
     except KeyboardInterrupt:
         print("mnistlab: interrupted", file=sys.stderr)

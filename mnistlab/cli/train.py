@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mnistlab.augment import SPEC_HELP
+from mnistlab import distributed
 from mnistlab.config import OPTIMIZERS, PRESETS, SCHEDULES, from_preset
 from mnistlab.models import MODELS
 from mnistlab.runs import RESUMABLE_OVERRIDES, train_run
@@ -59,6 +60,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN where it stopped")
     p.add_argument("--init-from", metavar="CKPT", help="start from these weights only (run folder, .safetensors, .pt)")
     p.add_argument("--force", action="store_true", help="replace a run already in --out")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train data-parallel in N processes on this machine, as torchrun --nproc-per-node=N does; "
+        "for several machines run torchrun itself (see the README) (default: 1)",
+    )
+    p.add_argument(
+        "--master-port", type=int, metavar="PORT", help="port the --nproc processes meet on (default: a free one)"
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.set_defaults(func=run)
 
@@ -66,13 +78,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     given = {f: getattr(args, f) for f in FIELDS if getattr(args, f) is not None}
     verbose = 0 if args.quiet else 1
+    where = {"nproc": args.nproc, "master_port": args.master_port}
     if args.resume:
-        result = train_run(None, args.resume, resume=True, overrides=given, verbose=verbose)
+        result = train_run(None, args.resume, resume=True, overrides=given, verbose=verbose, **where)
     else:
         config = from_preset(args.preset, **given)
         out = args.out or f"runs/{Path(config.dataset).name}-{config.model}"
-        result = train_run(config, out, init_from=args.init_from, force=args.force, verbose=verbose)
-    if args.quiet:
+        result = train_run(config, out, init_from=args.init_from, force=args.force, verbose=verbose, **where)
+    if args.quiet and distributed.is_main():  # under torchrun, every rank runs this command
         print(result["summary"])
     return 0
 
