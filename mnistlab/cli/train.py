@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnistlab.augment import SPEC_HELP
 from mnistlab import distributed
+from mnistlab.augment import SPEC_HELP
 from mnistlab.config import OPTIMIZERS, PRESETS, SCHEDULES, from_preset
 from mnistlab.models import MODELS
 from mnistlab.runs import RESUMABLE_OVERRIDES, train_run
