@@ -62,6 +62,10 @@ class TrainConfig:
         need(self.eval_batch_size >= 1, "eval batch size must be ≥ 1", self.eval_batch_size)
         need(self.mode in ("max", "min"), "mode must be 'max' or 'min'", self.mode)
         need(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16", self.precision)
+        if self.augment:  # fail before any data is loaded
+            from mnistlab.augment import Augment
+
+            Augment.parse(self.augment)
         need(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "device must be auto, cpu or cuda",
