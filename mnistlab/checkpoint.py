@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from mnistlab import fileio
+from mnistlab import faults, fileio
 from mnistlab.errors import CheckpointError, ConfigError
 
 FORMAT = "mnistlab-checkpoint"
@@ -45,7 +45,12 @@ def save(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: d
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {"format": FORMAT, "version": VERSION, "sha256": tensors_digest(tensors), "meta": meta}
     data = st_save(tensors, metadata={"mnistlab": json.dumps(header, sort_keys=True)})
-    fileio.write_bytes(path, data)
+    with fileio.atomic_open(path, "wb") as f:
+        if faults.hit("save"):  # crash tests: die with half a file written
+            f.write(data[: len(data) // 2])
+            f.flush()
+            faults.fire()
+        f.write(data)
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -58,7 +63,9 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
             header_s = (f.metadata() or {}).get("mnistlab")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated, corrupt, or not safetensors: {e})") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated, corrupt, or not safetensors: {e})"
+        ) from None
     if header_s is None:
         raise CheckpointError(f"{path}: a safetensors file, but not a mnistlab checkpoint (no 'mnistlab' metadata)")
     try:
@@ -68,7 +75,9 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
     if header.get("format") != FORMAT or not isinstance(header.get("meta"), dict):
         raise CheckpointError(f"{path}: unknown checkpoint format {header.get('format')!r}")
     if header.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {header['version']} is newer than this mnistlab reads ({VERSION})")
+        raise CheckpointError(
+            f"{path}: checkpoint version {header['version']} is newer than this mnistlab reads ({VERSION})"
+        )
     if tensors_digest(tensors) != header.get("sha256"):
         raise CheckpointError(f"{path}: tensor checksum mismatch (the file was modified or damaged)")
     return tensors, header["meta"]
@@ -149,7 +158,7 @@ def resolve(path: str | os.PathLike[str], which: str = "best") -> Path:
     """A run folder → its ``best`` (or ``last``) checkpoint file; a file → itself."""
     p = Path(path)
     if p.is_dir():
-        for name in ((BEST, LAST) if which == "best" else (LAST, BEST)):
+        for name in (BEST, LAST) if which == "best" else (LAST, BEST):
             if (p / name).is_file():
                 return p / name
         raise CheckpointError(f"{p}: not a run folder (no {BEST} or {LAST} inside)")

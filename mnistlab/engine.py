@@ -8,6 +8,9 @@ Exactness: a checkpoint holds the model, optimizer, epoch and step, the running 
 history, and every generator that affects training (shuffling, augmentation, torch's global RNG,
 NumPy's and Python's). ``N`` epochs straight and ``k`` epochs + kill + resume give bit-identical weights.
 
+Under torchrun (see ``mnistlab.distributed``) the same ``fit`` trains data-parallel: each rank takes its
+slice of every global batch, and the checkpoint also holds every rank's own generators.
+
 >>> from mnistlab.datasets import mnist
 >>> from mnistlab.models import mlp
 >>> (x, y), (xt, yt) = mnist.load_data()
@@ -35,12 +38,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mnistlab import checkpoint as ckpt
-from mnistlab import fileio
+from mnistlab import distributed, faults, fileio
 from mnistlab.config import OPTIMIZERS, SCHEDULES
-from mnistlab.errors import CheckpointError, ConfigError, MnistlabError
+from mnistlab.errors import CheckpointError, ConfigError, DistributedError, MnistlabError
 from mnistlab.preprocess import images_to_tensor, labels_to_tensor
 from mnistlab.progress import Progbar
 
@@ -48,7 +54,10 @@ ACC = "sparse_categorical_accuracy"
 KEYS = ("loss", ACC, "val_loss", f"val_{ACC}")
 # Settings that must match to resume a run (epochs may grow when the schedule allows it).
 RESUME_KEYS = ("model", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup",
-               "label_smoothing", "batch_size", "seed", "augment", "data", "n_train", "validation_freq")  # fmt: skip
+               "label_smoothing", "batch_size", "seed", "augment", "data", "n_train", "validation_freq",
+               "precision")  # fmt: skip
+# In a multi-process run, a TTY's progress line shows metrics summed over ranks every this many steps.
+LIVE_EVERY = 16
 
 
 class TrainingInterrupted(MnistlabError):
@@ -64,12 +73,13 @@ class History:
         self.history: dict[str, list[float]] = history if history is not None else {}
         self.epoch: list[int] = epoch if epoch is not None else []
         self.val_epoch: list[int] = []  # the epochs (0-based) that have validation values
+        self.times: list[float] = []  # cumulative training seconds at the end of each epoch
         self.resumed_at: list[float] = []  # epochs done (fractional mid-epoch) when a run was resumed
         self.best: dict[str, Any] = {}
 
     def to_dict(self) -> dict:
         return {
-            "history": self.history, "epoch": self.epoch, "val_epoch": self.val_epoch,
+            "history": self.history, "epoch": self.epoch, "val_epoch": self.val_epoch, "times": self.times,
             "resumed_at": self.resumed_at, "best": self.best,
         }  # fmt: skip
 
@@ -77,6 +87,7 @@ class History:
     def from_dict(cls, d: dict) -> History:
         h = cls({k: list(v) for k, v in d.get("history", {}).items()}, list(d.get("epoch", [])))
         h.val_epoch = list(d.get("val_epoch", []))
+        h.times = list(d.get("times", []))
         h.resumed_at = list(d.get("resumed_at", []))
         h.best = dict(d.get("best", {}))
         return h
@@ -129,13 +140,31 @@ def make_optimizer(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 4096, precision: str = "fp32", channels_last: bool = False
+) -> torch.Tensor:
+    """Logits in eval mode, in large batches; ``precision="bf16"`` runs under autocast (float32 logits)."""
     was = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        outs = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size]
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with _autocast(xb.device, precision):
+                outs.append(model(xb).float())
+        return torch.cat(outs)
     finally:
         model.train(was)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    # bfloat16 autocast: convolutions and matmuls in bf16 (AMX/AVX-512 on recent CPUs, tensor cores on GPUs),
+    # weights, optimizer state and batch-norm statistics stay float32.
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def predict_proba(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
@@ -188,6 +217,8 @@ class Trainer:
         device: str | torch.device = "auto",
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         augment_spec: str = "",
+        precision: str = "fp32",
+        channels_last: bool = False,
         verbose: int = 1,
     ) -> None:
         if schedule not in SCHEDULES:
@@ -196,18 +227,25 @@ class Trainer:
             raise ConfigError(f"label smoothing must lie in [0, 1), got {label_smoothing!r}")
         if not lr > 0:
             raise ConfigError(f"learning rate must be > 0, got {lr!r}")
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.model = model.to(self.device)
+        self.precision, self.channels_last = precision, channels_last
+        self.model = (
+            model.to(self.device, memory_format=torch.channels_last) if channels_last else model.to(self.device)
+        )
         if isinstance(optimizer, torch.optim.Optimizer):
+            # The optimizer's own learning rates are the base; ``lr`` is ignored, as in Keras.
             self.optimizer, self.optimizer_name = optimizer, type(optimizer).__name__.lower()
+            lr = float(optimizer.param_groups[0]["lr"])
         else:
             self.optimizer = make_optimizer(optimizer, self.model.parameters(), lr, momentum, weight_decay, self.device)
             self.optimizer_name = optimizer
-        self.base_lr = lr
+        self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self.settings = {
             "optimizer": self.optimizer_name, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
             "schedule": schedule, "warmup": warmup, "label_smoothing": label_smoothing, "seed": seed,
-            "augment": augment_spec,
+            "augment": augment_spec, "precision": precision,
         }  # fmt: skip
         self.schedule, self.warmup = schedule, warmup
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -227,8 +265,21 @@ class Trainer:
         yt = labels_to_tensor(y, self.device)
         return self._evaluate(xt.to(self.device), yt, batch_size)
 
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
-        logits = predict_logits(self.model, x, batch_size)
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shard: bool = False) -> dict[str, float]:
+        if shard:  # each rank scores its slice; the sums are added up across ranks
+            ctx = distributed.current()
+            assert ctx is not None
+            xs, ys = x.tensor_split(ctx.world_size)[ctx.rank], y.tensor_split(ctx.world_size)[ctx.rank]
+            logits = predict_logits(self.model, xs, batch_size, self.precision, self.channels_last)
+            s = distributed.all_reduce_sum(
+                torch.stack((
+                    nn.functional.cross_entropy(logits, ys, reduction="sum").double(),
+                    (logits.argmax(1) == ys).sum().double(),
+                    torch.tensor(float(len(ys)), dtype=torch.float64, device=logits.device),
+                ))
+            ).tolist()  # fmt: skip
+            return {"loss": s[0] / s[2], ACC: s[1] / s[2]}
+        logits = predict_logits(self.model, x, batch_size, self.precision, self.channels_last)
         loss = nn.functional.cross_entropy(logits, y).item()  # plain CE, as Keras reports val_loss
         acc = (logits.argmax(1) == y).float().mean().item()
         return {"loss": loss, ACC: acc}
@@ -262,9 +313,15 @@ class Trainer:
         ``resume=True`` continues from ``run_dir/last.safetensors`` where it stopped.
         """
         if epochs < 1 or batch_size < 1 or validation_freq < 1:
-            raise ConfigError(f"epochs, batch_size and validation_freq must be ≥ 1, got {epochs}, {batch_size}, {validation_freq}")
+            raise ConfigError(
+                f"epochs, batch_size and validation_freq must be ≥ 1, got {epochs}, {batch_size}, {validation_freq}"
+            )
         if mode not in ("max", "min"):
             raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
+        ddp = distributed.current()  # None when training alone
+        world, rank = (ddp.world_size, ddp.rank) if ddp else (1, 0)
+        distributed.per_rank_batch(batch_size, world)
+        verbose = self.verbose if rank == 0 else 0  # rank 0 alone prints and writes files
         X = images_to_tensor(x, self.device)
         Y = labels_to_tensor(y, self.device)
         if len(X) != len(Y) or len(X) == 0:
@@ -274,6 +331,11 @@ class Trainer:
             val = (images_to_tensor(validation_data[0], self.device), labels_to_tensor(validation_data[1], self.device))
         run = Path(run_dir) if run_dir is not None else None
         n = len(X)
+        if 0 < n % batch_size < world:
+            raise ConfigError(
+                f"the last batch of each epoch would hold {n % batch_size} images, fewer than the {world} "
+                "processes; change the batch size or the number of training images"
+            )
         steps_per_epoch = math.ceil(n / batch_size)
         total_steps = steps_per_epoch * epochs
         fingerprint = {
@@ -281,18 +343,30 @@ class Trainer:
             "model": getattr(self.model, "spec", type(self.model).__name__),
             "data": (data_identity or {}).get("digest", ""), "total_steps": total_steps,
         }  # fmt: skip
+        if world > 1:
+            fingerprint["world_size"] = world
 
         g_shuffle = torch.Generator().manual_seed(self.seed)
-        g_aug = torch.Generator(device=self.device).manual_seed(self.seed + 1)
-        state = {"epoch": 0, "step": 0, "global_step": 0, "train_time": 0.0, "sums": torch.zeros(3, dtype=torch.float64)}
+        # Each rank augments its own images with its own stream; rank 0's is a single process's.
+        g_aug = torch.Generator(device=self.device).manual_seed(self.seed + 1 + (rank << 32))
+        state = {
+            "epoch": 0,
+            "step": 0,
+            "global_step": 0,
+            "train_time": 0.0,
+            "sums": torch.zeros(3, dtype=torch.float64),
+        }
         shuffle_epoch_start = g_shuffle.get_state()
         if resume:
             if run is None:
                 raise ConfigError("resume needs a run folder")
             shuffle_epoch_start = self._restore(run, fingerprint, epochs, steps_per_epoch, state, g_shuffle, g_aug)
             if state["epoch"] >= epochs:
-                if self.verbose:
-                    print(f"{run}: already trained to {state['epoch']} of {epochs} epochs; nothing to do", file=self.stream)
+                if verbose:
+                    print(
+                        f"{run}: already trained to {state['epoch']} of {epochs} epochs; nothing to do",
+                        file=self.stream,
+                    )
                 return self.history
             self.history.resumed_at.append(state["epoch"] + state["step"] / steps_per_epoch)
         else:
@@ -300,15 +374,24 @@ class Trainer:
             np.random.seed(self.seed % 2**32)
             random.seed(self.seed)
             self.history = History()
-            if run is not None:
+            if run is not None and rank == 0:
                 run.mkdir(parents=True, exist_ok=True)
         best_key, best_better = monitor, (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
 
         def save(path: Path, epoch_done: bool) -> None:
             self._save(path, state, fingerprint, g_shuffle, g_aug, shuffle_epoch_start, epoch_done)
 
+        net: nn.Module = self.model  # self.model stays the one handle on the unwrapped model
+        live = False
+        if ddp is not None:
+            dev_ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(self.model, device_ids=dev_ids)  # makes every rank start from rank 0's
+            live = distributed.broadcast_flag(bool(verbose) and hasattr(self.stream, "isatty") and self.stream.isatty())
         self.model.train()
-        with _SigintFlag() if run is not None else contextlib.nullcontext() as sigint:
+        # Ctrl-C under torchrun reaches every rank at a different step; a graceful stop would need the
+        # ranks to agree each step, so a multi-process run stops at once and resumes from its last save.
+        graceful = run is not None and ddp is None
+        with _SigintFlag() if graceful else contextlib.nullcontext() as sigint:
             while state["epoch"] < epochs:
                 epoch = state["epoch"]
                 if state["step"] == 0:
@@ -319,34 +402,58 @@ class Trainer:
                     g_tmp.set_state(shuffle_epoch_start)
                     perm = torch.randperm(n, generator=g_tmp)
                 perm = perm.to(self.device)
-                if self.verbose:
+                if verbose:
                     print(f"Epoch {epoch + 1}/{epochs}", file=self.stream, flush=True)
-                bar = Progbar(steps_per_epoch, stream=self.stream, enabled=bool(self.verbose))
+                bar = Progbar(steps_per_epoch, stream=self.stream, enabled=bool(verbose))
                 t0 = time.perf_counter()
                 sums = state["sums"].to(self.device)  # loss sum, correct count, samples seen
                 for step in range(state["step"], steps_per_epoch):
                     idx = perm[step * batch_size : (step + 1) * batch_size]
+                    if ddp is not None:  # this rank's slice of the global batch
+                        global_n = len(idx)
+                        idx = idx.tensor_split(world)[rank]
                     xb, yb = X.index_select(0, idx), Y.index_select(0, idx)
                     if self.augment is not None:
                         xb = self.augment(xb, g_aug)
-                    lr = lr_at(state["global_step"], total_steps, self.base_lr, self.schedule, self.warmup)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    logits = self.model(xb)
-                    loss = self.loss_fn(logits, yb)
+                    factor = lr_at(state["global_step"], total_steps, 1.0, self.schedule, self.warmup)
+                    for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                        group["lr"] = base * factor
+                    if self.channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    with _autocast(self.device, self.precision):
+                        logits = net(xb).float()
+                        if ddp is None:
+                            loss = self.loss_fn(logits, yb)
+                            loss_sum = loss.detach().double() * len(yb)
+                        else:
+                            # DDP averages gradients over ranks; scaled so, the average is the gradient of the
+                            # global batch's mean loss, as one process computes it, even for an uneven last batch.
+                            loss_sum = nn.functional.cross_entropy(
+                                logits, yb, reduction="sum", label_smoothing=self.loss_fn.label_smoothing
+                            )
+                            loss = loss_sum * (world / global_n)
+                            loss_sum = loss_sum.detach().double()
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
                     with torch.no_grad():
                         sums += torch.stack(
-                            (loss.detach().double() * len(yb), (logits.argmax(1) == yb).sum().double(), torch.tensor(float(len(yb)), dtype=torch.float64, device=sums.device))
+                            (loss_sum, (logits.argmax(1) == yb).sum().double(), torch.tensor(float(len(yb)), dtype=torch.float64, device=sums.device))
                         )  # fmt: skip
                     state["global_step"] += 1
                     state["step"] = step + 1
-                    if bar.dynamic:
+                    if faults.hit("step", state["global_step"]):
+                        faults.fire()
+                    if bar.dynamic and ddp is None:
                         bar.update(step + 1, self._running(sums) if step + 1 < steps_per_epoch else None)
+                    elif live and (step + 1) % LIVE_EVERY == 0 and step + 1 < steps_per_epoch:
+                        bar.update(step + 1, self._running(distributed.all_reduce_sum(sums)))
                     stop = sigint is not None and sigint.requested
-                    if run is not None and (stop or (save_every and state["global_step"] % save_every == 0)) and step + 1 < steps_per_epoch:
+                    if (
+                        run is not None
+                        and (stop or (save_every and state["global_step"] % save_every == 0))
+                        and step + 1 < steps_per_epoch
+                    ):
                         state["sums"] = sums.cpu()
                         state["train_time"] += time.perf_counter() - t0
                         t0 = time.perf_counter()
@@ -354,25 +461,34 @@ class Trainer:
                         if stop:
                             self._interrupted(run, state, steps_per_epoch, resume_command)
                 state["train_time"] += time.perf_counter() - t0
+                if ddp is not None:
+                    sums = distributed.all_reduce_sum(sums)
+                    distributed.sync_buffers(self.model)  # the same model on every rank for validation and saving
                 logs = self._running(sums)
                 if val is not None and (epoch + 1) % validation_freq == 0:
-                    v = self._evaluate(val[0], val[1], eval_batch_size)
+                    v = self._evaluate(val[0], val[1], eval_batch_size, shard=ddp is not None)
                     logs.update({f"val_{k}": val_v for k, val_v in v.items()})
                 bar.update(steps_per_epoch, logs, finalize=True)
                 for k, v in logs.items():
                     self.history.history.setdefault(k, []).append(v)
                 self.history.epoch.append(epoch)
+                self.history.times.append(round(state["train_time"], 4))
                 if "val_loss" in logs:
                     self.history.val_epoch.append(epoch)
                 state.update(epoch=epoch + 1, step=0, sums=torch.zeros(3, dtype=torch.float64))
                 if run is not None:
                     key = best_key if best_key in logs else best_key.removeprefix("val_")
-                    improved = key in logs and ("value" not in self.history.best or best_better(logs[key], self.history.best["value"]))
+                    improved = key in logs and (
+                        "value" not in self.history.best or best_better(logs[key], self.history.best["value"])
+                    )
                     if improved:
                         self.history.best = {"monitor": key, "mode": mode, "value": logs[key], "epoch": epoch + 1}
                         save(run / ckpt.BEST, epoch_done=True)
                     save(run / ckpt.LAST, epoch_done=True)
-                    self._write_metrics(run)
+                    if rank == 0:
+                        self._write_metrics(run)
+                    if faults.hit("epoch", state["epoch"]):
+                        faults.fire()
                     if sigint is not None and sigint.requested and state["epoch"] < epochs:
                         self._interrupted(run, state, steps_per_epoch, resume_command)
         self.train_time = state["train_time"]
@@ -384,7 +500,11 @@ class Trainer:
         return {"loss": s[0] / max(s[2], 1), ACC: s[1] / max(s[2], 1)}
 
     def _interrupted(self, run: Path, state: dict, steps_per_epoch: int, command: str | None) -> None:
-        where = f"epoch {state['epoch'] + 1} step {state['step']}/{steps_per_epoch}" if state["step"] else f"the end of epoch {state['epoch']}"
+        where = (
+            f"epoch {state['epoch'] + 1} step {state['step']}/{steps_per_epoch}"
+            if state["step"]
+            else f"the end of epoch {state['epoch']}"
+        )
         cmd = command or f"mnistlab train --resume {run}"
         raise TrainingInterrupted(f"interrupted at {where}; saved {run / ckpt.LAST}. Resume with: {cmd}")
 
@@ -392,33 +512,87 @@ class Trainer:
 
     def _save(self, path: Path, state: dict, fingerprint: dict, g_shuffle: torch.Generator, g_aug: torch.Generator,
               shuffle_epoch_start: torch.Tensor, epoch_done: bool) -> None:  # fmt: skip
+        if distributed.current() is not None:
+            # Mid-epoch, each rank's batch-norm statistics moved with its own last batch; DDP overwrites
+            # them with rank 0's at the next forward anyway, so rank 0's are the ones to save and compare.
+            distributed.sync_buffers(self.model)
         opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(opt_tensors)
+        own, rng_meta = self._rank_state(g_aug, state["sums"])
+        ranks = None
+        if distributed.current() is not None:  # a collective: every rank gets here at the same step
+            ranks = self._gather_ranks(own, rng_meta, ckpt.tensors_digest(tensors))
+            if not distributed.is_main():
+                return
         tensors["rng/shuffle"] = g_shuffle.get_state()
         tensors["rng/shuffle_epoch_start"] = shuffle_epoch_start
-        tensors["rng/augment"] = g_aug.get_state()
-        tensors["rng/torch"] = torch.get_rng_state()
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
-        tensors["train/sums"] = state["sums"]
-        np_state = np.random.get_state(legacy=False)
-        py_state = random.getstate()
+        tensors.update(own)
         meta = {
             **self.extra_meta,
             "epoch": state["epoch"], "step": state["step"], "global_step": state["global_step"],
             "epoch_done": epoch_done, "train_time": state["train_time"],
             "fingerprint": fingerprint, "optimizer": opt_meta, "history": self.history.to_dict(),
-            "model_spec": getattr(self.model, "spec", None),
-            "rng": {"numpy": _jsonable(np_state), "python": [py_state[0], list(py_state[1]), py_state[2]]},
+            "model_spec": getattr(self.model, "spec", None), "rng": rng_meta,
         }  # fmt: skip
+        if ranks is not None:
+            meta["ranks"] = []
+            for r, (r_tensors, r_meta) in enumerate(ranks):
+                if r > 0:  # rank 0's own state is stored as a single process stores it
+                    tensors.update({f"rank{r}/{k}": v for k, v in r_tensors.items()})
+                meta["ranks"].append(r_meta)
         ckpt.save(path, tensors, meta)
+
+    def _rank_state(self, g_aug: torch.Generator, sums: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+        """What differs between ranks: generators and running metric sums, as tensors + JSON."""
+        tensors = {"rng/augment": g_aug.get_state(), "rng/torch": torch.get_rng_state(), "train/sums": sums.cpu()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        np_state = np.random.get_state(legacy=False)
+        py_state = random.getstate()
+        return tensors, {"numpy": _jsonable(np_state), "python": [py_state[0], list(py_state[1]), py_state[2]]}
+
+    def _set_rank_state(self, tensors: dict[str, torch.Tensor], rng_meta: dict, g_aug: torch.Generator) -> None:
+        g_aug.set_state(tensors["rng/augment"])
+        torch.set_rng_state(tensors["rng/torch"])
+        if "rng/cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+        np_state = rng_meta["numpy"]
+        np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+        np.random.set_state(np_state)
+        py = rng_meta["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+
+    @staticmethod
+    def _gather_ranks(own: dict[str, torch.Tensor], rng_meta: dict, digest: str) -> list[tuple[dict, dict]]:
+        """Every rank's own state (on rank 0), checking on the way that all hold the same weights."""
+        note = json.dumps({"rng": rng_meta, "digest": digest}).encode()
+        blob = st_save({**own, "meta": torch.frombuffer(bytearray(note), dtype=torch.uint8)})
+        ranks = []
+        for r, b in enumerate(distributed.all_gather_bytes(blob)):
+            tensors = st_load(b)
+            ranks.append((tensors, json.loads(bytes(tensors.pop("meta").numpy()))))
+            if ranks[-1][1]["digest"] != digest and distributed.is_main():
+                raise DistributedError(
+                    f"rank {r} holds other weights or optimizer state than rank 0 (digest {ranks[-1][1]['digest'][:12]} "
+                    f"≠ {digest[:12]}); the ranks drifted apart, which is a bug"
+                )
+        return ranks
 
     def _restore(self, run: Path, fingerprint: dict, epochs: int, steps_per_epoch: int, state: dict,
                  g_shuffle: torch.Generator, g_aug: torch.Generator) -> torch.Tensor:  # fmt: skip
         tensors, meta = ckpt.read(run / ckpt.LAST)
         old = meta.get("fingerprint", {})
-        diffs = [f"{k} ({old.get(k)!r} → {fingerprint.get(k)!r})" for k in RESUME_KEYS if old.get(k) != fingerprint.get(k)]
+        if old.get("data") != fingerprint.get("data"):
+            raise CheckpointError(
+                f"{run}: cannot resume: the data set changed since the run started "
+                f"(content digest {old.get('data')} → {fingerprint.get('data')})"
+            )
+        was, now = old.get("world_size", 1), fingerprint.get("world_size", 1)
+        distributed.check_same_world(run, was, now)
+        diffs = [
+            f"{k} ({old.get(k)!r} → {fingerprint.get(k)!r})" for k in RESUME_KEYS if old.get(k) != fingerprint.get(k)
+        ]
         if diffs:
             raise CheckpointError(f"{run}: cannot resume with different settings: {', '.join(diffs)}")
         if self.settings["schedule"] != "constant" and old.get("total_steps") != steps_per_epoch * epochs:
@@ -429,18 +603,18 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt.prefixed(tensors, "model/"))
             self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+            _match_param_layout(self.optimizer)
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{run / ckpt.LAST}: state does not fit this model/optimizer ({str(e).splitlines()[0]})") from None
+            raise CheckpointError(
+                f"{run / ckpt.LAST}: state does not fit this model/optimizer ({str(e).splitlines()[0]})"
+            ) from None
         g_shuffle.set_state(tensors["rng/shuffle"])
-        g_aug.set_state(tensors["rng/augment"])
-        torch.set_rng_state(tensors["rng/torch"])
-        if "rng/cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
-        np_state = meta["rng"]["numpy"]
-        np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
-        np.random.set_state(np_state)
-        py = meta["rng"]["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
+        rank = distributed.rank() if now > 1 else 0
+        own = tensors if rank == 0 else ckpt.prefixed(tensors, f"rank{rank}/")
+        try:
+            self._set_rank_state(own, meta["rng"] if rank == 0 else meta["ranks"][rank]["rng"], g_aug)
+        except (KeyError, IndexError, TypeError):
+            raise CheckpointError(f"{run / ckpt.LAST}: holds no saved state for rank {rank}") from None
         self.history = History.from_dict(meta["history"])
         best_file = run / ckpt.BEST
         if best_file.is_file():  # the best value survives restarts, whichever file was written last
@@ -450,7 +624,7 @@ class Trainer:
                     if b.get("epoch", 0) > self.history.best.get("epoch", 0):
                         self.history.best = b
         state.update(epoch=meta["epoch"], step=meta["step"], global_step=meta["global_step"],
-                     train_time=meta["train_time"], sums=tensors["train/sums"])  # fmt: skip
+                     train_time=meta["train_time"], sums=own["train/sums"])  # fmt: skip
         return tensors["rng/shuffle_epoch_start"]
 
     def _write_metrics(self, run: Path) -> None:
@@ -471,6 +645,20 @@ class Trainer:
             w.writerow(row)
         fileio.write_text(run / "metrics.csv", buf.getvalue())
         fileio.write_text(run / "history.json", json.dumps(self.history.to_dict(), indent=1) + "\n")
+
+
+def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimizer state the memory layout of its parameter (e.g. channels_last).
+
+    Checkpoints store tensors contiguous; kernels pick different code paths (and summation orders) for
+    other layouts, so without this a resumed channels_last run drifts from the uninterrupted one.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _jsonable(state: dict) -> dict:

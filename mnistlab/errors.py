@@ -39,3 +39,7 @@ class ImageError(MnistlabError):
 
 class EmptyImageError(ImageError):
     """An image that was read fine but shows nothing to recognise (a blank canvas, a photo of paper)."""
+
+
+class DistributedError(MnistlabError):
+    """A multi-process run cannot start (bad world size, port in use) or one of its processes failed."""

@@ -71,12 +71,15 @@ def mlp(
     )
 
 
-def lenet5(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> Named:
+def lenet5(
+    in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, normalize: list[float] | None = None
+) -> Named:
     """LeNet-5 (LeCun 1998) with ReLU and max-pooling: conv 6@5x5 → pool → conv 16@5x5 → pool → 120 → 84."""
     c, h, w = in_shape
     fh, fw = (h // 2 - 4) // 2, (w // 2 - 4) // 2
     return Named(
         "lenet5",
+        *_norm_layers(normalize),
         nn.Conv2d(c, 6, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
@@ -91,6 +94,7 @@ def lenet5(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) 
         nn.Linear(84, num_classes),
         in_shape=list(in_shape),
         num_classes=num_classes,
+        normalize=list(normalize) if normalize else None,
     )
 
 
@@ -98,12 +102,18 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def cnn(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, width: int = 32) -> Named:
+def cnn(
+    in_shape: tuple[int, int, int] = (1, 28, 28),
+    num_classes: int = 10,
+    width: int = 32,
+    normalize: list[float] | None = None,
+) -> Named:
     """A fast 5-conv network with batch norm: [w, w] → pool → [2w, 2w] → pool → 4w → global pool → linear."""
     c, _, _ = in_shape
     w = width
     return Named(
         "cnn",
+        *_norm_layers(normalize),
         *_conv_bn(c, w),
         *_conv_bn(w, w),
         nn.MaxPool2d(2),
@@ -117,6 +127,7 @@ def cnn(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, wid
         in_shape=list(in_shape),
         num_classes=num_classes,
         width=width,
+        normalize=list(normalize) if normalize else None,
     )
 
 

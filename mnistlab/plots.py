@@ -1,33 +1,115 @@
-"""Pictures: the one place that draws image grids and figures (headless by default)."""
+"""Pictures: the one place that draws image grids and figures.
+
+Figures are plain ``matplotlib.figure.Figure`` objects rendered by Agg, never made through pyplot, so
+nothing here needs a display, switches a notebook's backend, or shares pyplot's global state between
+threads (the web app draws too). Only ``show_figures`` touches pyplot, to open windows on request.
+Each ``plot_*`` function returns the figure, or saves it when given a path (and returns the path).
+
+>>> plot_history("runs/main", "curves.png")                # doctest: +SKIP
+PosixPath('curves.png')
+>>> fig = plot_confusion("runs/main")                      # in a notebook, the figure shows itself  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mnistlab import fileio
+from mnistlab.analysis import HistoryLike, Predictions, load_history, predict_run
+from mnistlab.engine import ACC
+from mnistlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FORMATS = ("png", "svg", "pdf", "jpg", "jpeg")
+TRAIN_COLOR, VAL_COLOR, BEST_COLOR, MISTAKE_COLOR = "tab:blue", "tab:orange", "tab:green", "firebrick"
+# Accuracy keys, ours first: Keras users may pass a history compiled with metrics=["accuracy"].
+ACC_KEYS = (ACC, "accuracy", "acc")
+
+PredictionsLike = Predictions | str | os.PathLike
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(figsize: tuple[float, float], layout: str | None = "constrained") -> Figure:
+    """A figure drawn by Agg, with no pyplot involved."""
+    from matplotlib.figure import Figure
 
-    if not os.environ.get("DISPLAY") and matplotlib.get_backend().lower() != "agg":
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize, layout=layout)
 
 
-def save_figure(fig, path: str | os.PathLike[str], dpi: int = 100) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
+def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    """Save a figure atomically; the format follows the suffix (PNG when there is none).
+
+    >>> save_figure(new_figure((2, 2)), "/tmp/empty.png")
+    PosixPath('/tmp/empty.png')
+    """
     path = Path(path)
-    with fileio.atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-    _pyplot().close(fig)
+    fmt = check_output(path)
+    try:
+        with fileio.atomic_open(path, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
+    _release(fig)
     return path
+
+
+def check_output(path: Path) -> str:
+    """The picture format a file name asks for; a clear error for a folder or an unknown suffix."""
+    fmt = path.suffix[1:].lower() or "png"
+    if fmt not in FORMATS:
+        raise ConfigError(f"{path}: cannot write a .{fmt} picture (use .png, .svg, .pdf or .jpg)")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give a file name such as {path / 'plot.png'}")
+    return fmt
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (for embedding in a page)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    _release(fig)
+    return buf.getvalue()
+
+
+def _release(fig: Figure) -> None:
+    # A figure someone made with pyplot stays in pyplot's registry (and memory) until closed.
+    if getattr(fig.canvas, "manager", None) is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def _finish(fig: Figure, path: str | os.PathLike[str] | None, dpi: int = 100) -> Figure | Path:
+    return fig if path is None else save_figure(fig, path, dpi)
+
+
+def show_figures(figs: Sequence[Figure]) -> bool:
+    """Open the figures in windows and wait until they are closed; False where no window can open."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    import matplotlib.pyplot as plt  # picks a GUI backend, or falls back to Agg when none works
+
+    if plt.get_backend().lower() in ("agg", "pdf", "ps", "svg", "pgf", "cairo", "template"):
+        return False
+    try:
+        for fig in figs:
+            plt.figure(fig)  # adopts a pyplot-free figure into a window; older matplotlib refuses (ValueError)
+    except ValueError:
+        return False
+    plt.show()
+    return True
+
+
+# -- image grids ----------------------------------------------------------------------------------
 
 
 def image_grid(
@@ -38,17 +120,26 @@ def image_grid(
     cell: float = 1.1,
     title: str | None = None,
     title_colors: Sequence[str] | None = None,
-):
+) -> Figure | Path:
     """A grid of images (uint8 or 0..1 floats, gray ``(N, H, W)`` or RGB ``(N, H, W, 3)``) with titles.
 
-    Returns the figure, or saves it as PNG when ``path`` is given (and returns the path).
+    Returns the figure, or saves it when ``path`` is given (and returns the path).
+
+    >>> image_grid(np.zeros((4, 28, 28), np.uint8), ["a", "b", "c", "d"], cols=2).axes[0].get_title()
+    'a'
     """
-    plt = _pyplot()
     images = np.asarray(images)
     n = len(images)
     cols = max(1, min(cols, n))
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * (cell + 0.25)), squeeze=False)
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    # Fixed spacing rather than a layout engine: a grid of many cells would spend seconds on layout.
+    title_h, head = 0.16 * lines + 0.05, (0.45 if title else 0.05)
+    height = rows * (cell + title_h) + head
+    fig = new_figure((cols * cell, height), layout=None)
+    top = 1 - (head + title_h) / height  # the first row's titles sit above it, under the suptitle
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.06, hspace=title_h / cell)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -61,7 +152,207 @@ def image_grid(
             color = title_colors[i] if title_colors is not None else "black"
             ax.set_title(str(titles[i]), fontsize=8, color=color)
     if title:
-        fig.suptitle(title)
-    if path is None:
-        return fig
-    return save_figure(fig, path)
+        fig.suptitle(title, y=1 - 0.06 / height, va="top")
+    return _finish(fig, path)
+
+
+# -- training curves ------------------------------------------------------------------------------
+
+
+def plot_history(source: HistoryLike, path: str | os.PathLike[str] | None = None, *, dpi: int = 100) -> Figure | Path:
+    """The lesson's two panels, accuracy and loss, training vs validation per epoch (1-based).
+
+    ``source`` is a ``History``, a dict (``History.to_dict()`` or Keras's ``history.history``) or a run
+    folder. A dashed line marks each resume; a dotted line and a star mark the best epoch.
+
+    >>> plot_history({"loss": [0.5, 0.3], "val_loss": [0.4, 0.35]}).axes[1].get_title()
+    'Training and Validation Loss'
+    """
+    h = load_history(source)
+    fig = new_figure((11, 4.2))
+    axes = fig.subplots(1, 2)
+    x_train = [e + 1 for e in h.epoch]
+    x_val = [e + 1 for e in h.val_epoch]
+    acc_key = next((k for k in ACC_KEYS if k in h.history or f"val_{k}" in h.history), ACC)
+    best = h.best if h.best.get("epoch") else {}
+    best_base = str(best.get("monitor", "")).removeprefix("val_")
+    for ax, key, what, legend_at in (
+        (axes[0], acc_key, "Accuracy", "lower right"),
+        (axes[1], "loss", "Loss", "upper right"),
+    ):
+        series = ((key, x_train, "Training", TRAIN_COLOR), (f"val_{key}", x_val, "Validation", VAL_COLOR))
+        for k, xs, label, color in series:
+            if h.history.get(k):
+                ax.plot(xs, h.history[k], "o-", color=color, ms=4, label=f"{label} {what}")
+        for r in h.resumed_at:
+            ax.axvline(r, color="gray", ls="--", lw=1, label=f"resumed at {r:g}")
+        if best:
+            ax.axvline(best["epoch"], color=BEST_COLOR, ls=":", lw=1.5, label=f"best: epoch {best['epoch']}")
+            if best_base == key and "value" in best:
+                ax.plot([best["epoch"]], [best["value"]], "*", ms=15, color="gold", mec="black", zorder=5)
+        ax.set_title(f"Training and Validation {what}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what.lower())
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(min([1.0, *h.resumed_at]) - 0.5, max(x_train + x_val) + 0.5)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc=legend_at, fontsize=8)
+    return _finish(fig, path, dpi)
+
+
+# -- what the model gets wrong --------------------------------------------------------------------
+
+
+def _predictions(source: PredictionsLike, which: str) -> Predictions:
+    return source if isinstance(source, Predictions) else predict_run(source, which)
+
+
+def plot_confusion(
+    source: PredictionsLike, path: str | os.PathLike[str] | None = None, *, which: str = "best", dpi: int = 100
+) -> Figure | Path:
+    """Confusion matrix on the test split: counts, and normalised per true class (each row sums to 1).
+
+    ``source`` is a run folder, a checkpoint file, or ``Predictions``.
+    """
+    p = _predictions(source, which)
+    cm = p.confusion()
+    k = len(p.class_names)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.nan_to_num(cm / cm.sum(1, keepdims=True))
+    side = max(4.5, 0.45 * k + 1.8)
+    fig = new_figure((2 * side + 0.6, side))
+    axes = fig.subplots(1, 2)
+    rotate = 45 if max(len(n) for n in p.class_names) > 3 else 0
+    for ax, data, what in ((axes[0], cm, "counts"), (axes[1], norm, "row-normalised (recall)")):
+        top = float(data.max()) or 1.0
+        ax.imshow(data, cmap="Blues", vmin=0, vmax=top)
+        ax.set_title(what)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if k <= 30:
+            ax.set_xticks(range(k), p.class_names, rotation=rotate, ha="right" if rotate else "center", fontsize=8)
+            ax.set_yticks(range(k), p.class_names, fontsize=8)
+        if k <= 20:  # numbers in the cells stay legible up to about 20 classes
+            for i, j in zip(*np.nonzero(data), strict=True):
+                v = data[i, j]
+                text = f"{v:d}" if data is cm else f"{v:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
+    fig.suptitle(f"Confusion matrix on the test split: {len(p.y):,} images, accuracy {p.accuracy:.2%}")
+    return _finish(fig, path, dpi)
+
+
+def plot_mistakes(
+    source: PredictionsLike,
+    path: str | os.PathLike[str] | None = None,
+    n: int = 24,
+    *,
+    which: str = "best",
+    cols: int = 8,
+) -> Figure | Path:
+    """The ``n`` most confident wrong predictions: image, test index, true class, predicted class and its probability."""
+    if n < 1:
+        raise ConfigError(f"number of mistakes to show must be ≥ 1, got {n}")
+    p = _predictions(source, which)
+    idx = p.mistakes(n)
+    wrong = int((p.pred != p.y).sum())
+    if len(idx) == 0:
+        fig = new_figure((6, 1.2))
+        fig.text(0.5, 0.5, f"No mistakes on the {len(p.y):,} test images.", ha="center", va="center", fontsize=14)
+        return _finish(fig, path)
+    names, pred = p.class_names, p.pred
+    # Round the probability down: a 99.96% guess shown as "100%" would claim a certainty the model lacks.
+    titles = [
+        f"#{i} true: {names[p.y[i]]}\npred: {names[pred[i]]} {math.floor(p.probs[i, pred[i]] * 1000) / 10:.1f}%"
+        for i in idx
+    ]
+    return image_grid(
+        p.x[idx], titles, path, cols=cols, cell=1.45, title_colors=[MISTAKE_COLOR] * len(idx),
+        title=f"The {f'{len(idx)} ' if len(idx) > 1 else ''}most confident of {wrong:,} mistakes on {len(p.y):,} test images",
+    )  # fmt: skip
+
+
+def plot_per_class(
+    source: PredictionsLike, path: str | os.PathLike[str] | None = None, *, which: str = "best", dpi: int = 100
+) -> Figure | Path:
+    """Accuracy of each class on the test split as bars, the weakest in red, the overall accuracy as a line."""
+    p = _predictions(source, which)
+    acc = p.per_class_accuracy()
+    k = len(acc)
+    fig = new_figure((max(6.0, 0.55 * k + 1.5), 4))
+    ax = fig.subplots()
+    finite = acc[np.isfinite(acc)]
+    worst = int(np.nanargmin(acc)) if len(finite) else -1
+    colors = [MISTAKE_COLOR if c == worst else TRAIN_COLOR for c in range(k)]
+    bars = ax.bar(range(k), np.nan_to_num(acc), color=colors)
+    ax.bar_label(bars, ["n/a" if math.isnan(a) else f"{a:.1%}" for a in acc], fontsize=7, padding=2)
+    ax.axhline(p.accuracy, color="gray", ls="--", lw=1)
+    # Accuracies crowd near 1: start the axis just below the weakest class so differences show.
+    low = max(0.0, math.floor((float(finite.min()) - 0.03) * 20) / 20) if len(finite) else 0.0
+    ax.set_ylim(low, 1.0 + (1.0 - low) * 0.08)
+    ax.set_xticks(range(k), p.class_names, rotation=45 if max(map(len, p.class_names)) > 3 else 0, fontsize=8)
+    ax.set_ylabel("accuracy (recall)" + (f", axis from {low:.0%}" if low > 0 else ""))
+    ax.set_title(f"Per-class accuracy on the test split ({len(p.y):,} images; dashed: overall {p.accuracy:.2%})")
+    ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, path, dpi)
+
+
+# -- the `mnistlab plot` command as one call ------------------------------------------------------
+
+DEFAULT_NAMES = {
+    "curves": "curves.png",
+    "confusion": "confusion.png",
+    "mistakes": "mistakes.png",
+    "per_class": "per_class.png",
+}
+
+
+def plot_run(
+    run: str | os.PathLike[str],
+    *,
+    curves: bool = True,
+    confusion: bool = False,
+    mistakes: int = 0,
+    per_class: bool = False,
+    output: str | os.PathLike[str] | None = None,
+    which: str = "best",
+    show: bool = False,
+    dpi: int = 100,
+) -> tuple[list[Path], bool]:
+    """Draw the asked figures of a run and save each; return the paths and whether windows were shown.
+
+    ``output`` names the file when one figure is asked; otherwise each goes to its default name
+    (``curves.png``, ``confusion.png``, ``mistakes.png``, ``per_class.png``).
+    """
+    kinds = [
+        k
+        for k, on in (("curves", curves), ("confusion", confusion), ("mistakes", mistakes), ("per_class", per_class))
+        if on
+    ]
+    if not kinds:
+        raise ConfigError("nothing to plot: ask for curves, confusion, mistakes or per-class")
+    if output is not None and len(kinds) > 1:
+        names = ", ".join(DEFAULT_NAMES[k] for k in kinds)
+        raise ConfigError(f"-o names one file but {len(kinds)} figures were asked; leave -o out to write {names}")
+    if mistakes < 0:
+        raise ConfigError(f"number of mistakes to show must be ≥ 1, got {mistakes}")
+    if not 10 <= dpi <= 1000:
+        raise ConfigError(f"dpi must lie in 10..1000, got {dpi}")
+    # Check everything before writing anything, so bad input leaves no half set of files.
+    outputs = [Path(output if output is not None else DEFAULT_NAMES[kind]) for kind in kinds]
+    for path in outputs:
+        check_output(path)
+    history = load_history(run)
+    preds = predict_run(run, which) if kinds != ["curves"] else None
+    figs = []
+    for kind in kinds:
+        if kind == "curves":
+            figs.append(plot_history(history))
+        elif kind == "confusion":
+            figs.append(plot_confusion(preds))
+        elif kind == "mistakes":
+            figs.append(plot_mistakes(preds, n=mistakes))
+        else:
+            figs.append(plot_per_class(preds))
+    paths = [save_figure(fig, path, dpi) for fig, path in zip(figs, outputs, strict=True)]
+    return paths, (show_figures(figs) if show else False)

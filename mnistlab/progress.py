@@ -17,7 +17,9 @@ def format_duration(seconds: float) -> str:
         return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
     if seconds >= 60:
         return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
-    return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds * 1000:.0f}ms"
+    if seconds >= 1:
+        return f"{seconds:.0f}s"
+    return f"{seconds * 1000:.0f}ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f}us"  # Keras: "57us/step"
 
 
 def format_bytes(n: float) -> str:
@@ -60,9 +62,7 @@ class Progbar:
         self._drawn_len = 0
         self._finished = False
 
-    def update(
-        self, current: int, values: Mapping[str, float] | None = None, *, finalize: bool = False
-    ) -> None:
+    def update(self, current: int, values: Mapping[str, float] | None = None, *, finalize: bool = False) -> None:
         if not self.enabled or self._finished:
             return
         done = finalize or (self.target is not None and current >= self.target)

@@ -53,9 +53,14 @@ def run_cli(
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+        [sys.executable, "-m", "mnistlab", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
         input=input,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="session")
@@ -81,11 +86,26 @@ def browser():
 
 
 @pytest.fixture(scope="session")
-def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_run(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> Path:
+    """A real run folder: the fast preset, 2 epochs on the first 5,000 MNIST training images (a few seconds)."""
+    from mnistlab.config import from_preset
+    from mnistlab.runs import train_run
+
+    out = tmp_path_factory.mktemp("runs") / "small"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MNISTLAB_HOME", str(session_home))
+        train_run(from_preset("fast", epochs=2, limit_train=5000), out, verbose=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlp_run(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> Path:
     """A real run of the fast preset (the lesson's MLP) on full MNIST, trained once per session (~2 s)."""
     from mnistlab.config import from_preset
     from mnistlab.runs import train_run
 
-    out = tmp_path_factory.mktemp("mlp-run")
-    train_run(from_preset("fast"), out, verbose=0)
+    out = tmp_path_factory.mktemp("runs") / "mlp"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MNISTLAB_HOME", str(session_home))
+        train_run(from_preset("fast"), out, verbose=0)
     return out

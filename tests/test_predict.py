@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from PIL import Image
 
 from mnistlab.datasets import mnist
@@ -15,6 +14,7 @@ from mnistlab.errors import CheckpointError, ImageError
 from mnistlab.photolike import draw_digit, photo_set
 from mnistlab.predict import Prediction, Predictor, expand_inputs, interactive, predict_images
 from mnistlab.preprocess import lesson_image
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +158,10 @@ def test_cli_predict_user_errors_are_one_line(tmp_path, pictures) -> None:
 
 
 def test_fashion_run_uses_clothes_preprocessing(tmp_path) -> None:
-    from conftest import shared_dataset
-
     from mnistlab.config import from_preset
     from mnistlab.datasets import load
     from mnistlab.runs import train_run
+    from tests.conftest import shared_dataset
 
     data = shared_dataset("fashion-mnist")
     run = tmp_path / "fashion"

@@ -10,7 +10,6 @@ from collections import deque
 
 import numpy as np
 import pytest
-from conftest import shared_dataset
 from PIL import Image
 
 from mnistlab.datasets import load, mnist
@@ -25,6 +24,7 @@ from mnistlab.preprocess import (
     read_image,
     to_gray,
 )
+from tests.conftest import shared_dataset
 
 
 def png(im: Image.Image) -> bytes:

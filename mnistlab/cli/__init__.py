@@ -13,11 +13,18 @@ from mnistlab import __version__
 from mnistlab.errors import MnistlabError
 
 # Each name is a module ``mnistlab.cli.<name>`` with ``register(subparsers)``.
-COMMANDS = ["data", "train", "evaluate", "predict", "serve"]
+COMMANDS = ["data", "train", "evaluate", "plot", "report", "export", "augment", "predict", "serve"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mnistlab", description="MNIST-style image classification on PyTorch: data, train, look, export, predict."
     )
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
@@ -34,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MnistlabError as e:
         print(f"mnistlab: error: {e}", file=sys.stderr)
+        from mnistlab.distributed import record_error
+
+        record_error(e)  # under torchrun: its failure report shows this line, not "enable traceback"
         return e.exit_code
     except KeyboardInterrupt:
         print("mnistlab: interrupted", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""``mnistlab data``: list where data sets are found, import or download them, look at them."""
+"""``mnistlab data``: list where data sets are found, import, download or build them, look at them."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import numpy as np
 
 from mnistlab.datasets import SPECS, describe_locations, get_spec, import_dataset, load
 from mnistlab.datasets import download as dl
+from mnistlab.datasets.build import DEFAULT_MAX_PIXELS, FITS, build_dataset
 from mnistlab.datasets.store import data_home
 from mnistlab.errors import DatasetError
 from mnistlab.plots import image_grid
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="list, import, download and look at data sets")
+    p = sub.add_parser("data", help="list, import, download, build and look at data sets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     q = dsub.add_parser("list", help="where each data set is looked for, in order, and what is there")
@@ -29,9 +30,61 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = dsub.add_parser("download", help="download a data set into the data home from its mirrors")
     q.add_argument("name", choices=list(SPECS), help="data set name")
-    q.add_argument("--mirror", action="append", help="base URL to try (repeatable; default: built-in list or $MNISTLAB_MIRRORS)")
+    q.add_argument(
+        "--mirror", action="append", help="base URL to try (repeatable; default: built-in list or $MNISTLAB_MIRRORS)"
+    )
     q.add_argument("--timeout", type=float, default=30.0, help="seconds per connection (default: 30)")
     q.set_defaults(func=cmd_download)
+
+    q = dsub.add_parser(
+        "build",
+        help="build a data set from your own images (list file + folder, class folders, or CSV)",
+        description="Build a data set folder from your own images. SRC is a list file of 'file_name label' lines "
+        "beside a folder of the same name (the course layout), a folder holding a train and a test pair of those, "
+        "a folder of class sub-folders (or train/ and test/ holding them), or a CSV of path,label rows. "
+        "Every bad entry is reported as file:line: reason; by default any bad entry fails the build and nothing "
+        "is written.",
+    )
+    q.add_argument("src", help="list file, CSV file, or folder (see above)")
+    q.add_argument("-o", "--output", required=True, help="data set folder to write")
+    q.add_argument("--test", help="a separate test source of the same kinds (default: the test pair found in SRC)")
+    q.add_argument(
+        "--split", type=float, help="hold out this fraction of each class as the test part, e.g. 0.1 (default: none)"
+    )
+    q.add_argument(
+        "--classes",
+        help="text file of class names, one per line in label order; labels may then be names (default: folder "
+        "names, or the integer labels)",
+    )
+    q.add_argument("--size", default="28x28", help="image size, N or WIDTHxHEIGHT (default: 28x28)")
+    q.add_argument("--rgb", action="store_true", help="keep colour: images (N, H, W, 3) (default: grayscale)")
+    q.add_argument(
+        "--invert",
+        action="store_true",
+        help="invert the pixels, e.g. dark digits on white paper → MNIST's white on black (default: off)",
+    )
+    q.add_argument(
+        "--fit",
+        choices=FITS,
+        default="stretch",
+        help="stretch to the size, or pad: keep the aspect ratio and fill the rest with the border colour "
+        "(default: stretch)",
+    )
+    q.add_argument(
+        "--skip-bad", action="store_true", help="build from the good entries and report the bad (default: off)"
+    )
+    q.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = one per CPU core (default: 0)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the --split draw (default: 0)")
+    q.add_argument("--name", help="data set name (default: the output folder's name)")
+    q.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse larger images, as possible decompression bombs (default: {DEFAULT_MAX_PIXELS})",
+    )
+    q.add_argument("--force", action="store_true", help="replace a data set built earlier in --output (default: off)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    q.set_defaults(func=cmd_build)
 
     q = dsub.add_parser("show", help="print one image as the lesson does (the 28x28 array) and its label")
     q.add_argument("name", help="data set name or path")
@@ -69,6 +122,34 @@ def cmd_download(args: argparse.Namespace) -> int:
     dest = data_home() / spec.name
     dl.download(spec, dest, mirrors=args.mirror, timeout=args.timeout, progress=sys.stdout.isatty() or True)
     print(f"{spec.name}: files verified in {dest}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    result = build_dataset(
+        args.src,
+        args.output,
+        test=args.test,
+        split=args.split,
+        classes=args.classes,
+        size=args.size,
+        color="rgb" if args.rgb else "gray",
+        invert=args.invert,
+        fit=args.fit,
+        skip_bad=args.skip_bad,
+        workers=args.workers or None,
+        seed=args.seed,
+        name=args.name,
+        force=args.force,
+        max_pixels=args.max_pixels,
+        progress=not args.quiet,
+    )
+    print(result.summary())
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.bad:
+        print(f"skipped {len(result.bad)} bad entries (also in {result.path / 'skipped.txt'}):")
+        print(result.report())
     return 0
 
 

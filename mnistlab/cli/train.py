@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from mnistlab import distributed
+from mnistlab.augment import SPEC_HELP
 from mnistlab.config import OPTIMIZERS, PRESETS, SCHEDULES, from_preset
 from mnistlab.models import MODELS
 from mnistlab.runs import RESUMABLE_OVERRIDES, train_run
@@ -11,7 +14,7 @@ from mnistlab.runs import RESUMABLE_OVERRIDES, train_run
 # CLI flag → config field, for flags that override the preset when given.
 FIELDS = ("dataset", "data_dir", "model", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
           "schedule", "warmup", "label_smoothing", "augment", "seed", "device", "threads", "validation_freq",
-          "save_every", "limit_train", "limit_test", "width")  # fmt: skip
+          "save_every", "limit_train", "limit_test", "width", "precision")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, help="label smoothing (default: 0)")
     p.add_argument(
         "--augment",
-        help="augmentation, e.g. rotation=45,shift=0.15,zoom=0.5,shear=0,flip=none (Keras ImageDataGenerator "
-        "meanings: degrees ±, fraction of width/height, zoom range [1-z, 1+z]) (default: none)",
+        help=f"augment training batches, e.g. rotation=45,shift=0.15,zoom=0.5,shear=0,flip=none; {SPEC_HELP}. "
+        "See it first with `mnistlab augment preview` (default: none)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="bf16 runs convolutions and matmuls in bfloat16 under autocast (fast on CPUs with AMX/AVX-512 "
+        "and on GPUs); weights stay float32 (default: from --preset)",
     )
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same numbers (default: 0)")
     p.add_argument("--device", help="auto, cpu or cuda (default: auto)")
@@ -51,6 +60,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN where it stopped")
     p.add_argument("--init-from", metavar="CKPT", help="start from these weights only (run folder, .safetensors, .pt)")
     p.add_argument("--force", action="store_true", help="replace a run already in --out")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train data-parallel in N processes on this machine, as torchrun --nproc-per-node=N does; "
+        "for several machines run torchrun itself (see the README) (default: 1)",
+    )
+    p.add_argument(
+        "--master-port", type=int, metavar="PORT", help="port the --nproc processes meet on (default: a free one)"
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.set_defaults(func=run)
 
@@ -58,12 +78,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     given = {f: getattr(args, f) for f in FIELDS if getattr(args, f) is not None}
     verbose = 0 if args.quiet else 1
+    where = {"nproc": args.nproc, "master_port": args.master_port}
     if args.resume:
-        train_run(None, args.resume, resume=True, overrides=given, verbose=verbose)
-        return 0
-    config = from_preset(args.preset, **given)
-    out = args.out or f"runs/{config.dataset.replace('/', '_')}-{config.model}"
-    train_run(config, out, init_from=args.init_from, force=args.force, verbose=verbose)
+        result = train_run(None, args.resume, resume=True, overrides=given, verbose=verbose, **where)
+    else:
+        config = from_preset(args.preset, **given)
+        out = args.out or f"runs/{Path(config.dataset).name}-{config.model}"
+        result = train_run(config, out, init_from=args.init_from, force=args.force, verbose=verbose, **where)
+    if args.quiet and distributed.is_main():  # under torchrun, every rank runs this command
+        print(result["summary"])
     return 0
 
 

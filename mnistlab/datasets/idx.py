@@ -55,7 +55,8 @@ def parse(data: bytes, where: str, ndim: int) -> np.ndarray:
             f"{where}: file length {len(data)} does not match its header {dims} "
             f"(expected {expected_len} bytes; truncated or corrupt)"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    # A copy, so callers get a writable array as from Keras (frombuffer views of bytes are read-only).
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
 def encode(array: np.ndarray) -> bytes:

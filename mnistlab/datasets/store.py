@@ -148,7 +148,9 @@ def load(
                 raise DatasetError(f"{loc.path}: no {spec.name} IDX files there ({_expected_names()})")
             continue
         return _load_idx(spec, files, f"{loc.kind}:{loc.path}")
-    raise DatasetError(f"{spec.name} not found in {', '.join(str(loc.path) for loc in locations(spec, path)[:-1])} and download is off")
+    raise DatasetError(
+        f"{spec.name} not found in {', '.join(str(loc.path) for loc in locations(spec, path)[:-1])} and download is off"
+    )
 
 
 def _expected_names() -> str:
@@ -217,9 +219,7 @@ def _make(name: str, arrays: dict[str, np.ndarray], spec: DatasetSpec | None, so
         nc = len(class_names)
     _check_arrays(arrays, source, nc)
     arrays = {k: _as_uint8_labels(k, v) for k, v in arrays.items()}
-    digest = hashlib.md5(
-        "".join(idx.md5(arrays[k]) for k in PARTS).encode(), usedforsecurity=False
-    ).hexdigest()
+    digest = hashlib.md5("".join(idx.md5(arrays[k]) for k in PARTS).encode(), usedforsecurity=False).hexdigest()
     return Dataset(
         name=spec.name if spec else name,
         class_names=tuple(spec.class_names if spec else class_names),
@@ -317,7 +317,9 @@ def _load_built(path: Path) -> Dataset:
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path / 'dataset.json'}: unreadable ({e})") from None
     if meta.get("format") != BUILT_FORMAT:
-        raise DatasetError(f"{path / 'dataset.json'}: field 'format' is {meta.get('format')!r}, expected {BUILT_FORMAT!r}")
+        raise DatasetError(
+            f"{path / 'dataset.json'}: field 'format' is {meta.get('format')!r}, expected {BUILT_FORMAT!r}"
+        )
     arrays = {}
     for key in PARTS:
         f = path / f"{key}.npy"
@@ -346,11 +348,12 @@ def import_dataset(name: str, src: str | os.PathLike[str]) -> Path:
     if spec is None:
         raise DatasetError(f"unknown data set {name!r} (known: {', '.join(SPECS)})")
     src = Path(src)
+    files: dict[str, Path] = {}
     if src.is_file() and src.suffix == ".npz":
         arrays = _read_npz(src)
     elif src.is_dir():
-        files = Location("path", src).files()
-        if files is None:
+        files = Location("path", src).files() or {}
+        if not files:
             raise DatasetError(f"{src}: expected {_expected_names()} in this folder")
         arrays = {k: _parse_file(k, f) for k, f in files.items()}
     else:
@@ -360,7 +363,7 @@ def import_dataset(name: str, src: str | os.PathLike[str]) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for key, part in PARTS.items():
-        data = idx.encode(arrays[key])
+        data = b"" if key in files and files[key].suffix == ".gz" else idx.encode(arrays[key])
         for old in (dest / part, dest / f"{part}.gz"):
             if old.is_file():
                 try:
@@ -371,7 +374,10 @@ def import_dataset(name: str, src: str | os.PathLike[str]) -> Path:
                     old.unlink()  # identical content, rewritten below
                 else:
                     os.replace(old, old.with_name(f"{old.name}.replaced-{stamp}"))
-        fileio.write_bytes(dest / f"{part}.gz", gzip.compress(data, compresslevel=6, mtime=0))
+        if key in files and files[key].suffix == ".gz":
+            fileio.write_bytes(dest / f"{part}.gz", files[key].read_bytes())  # verified above; keep its bytes
+        else:
+            fileio.write_bytes(dest / f"{part}.gz", gzip.compress(data, compresslevel=1, mtime=0))
     return dest
 
 

@@ -1,0 +1,37 @@
+"""Run the benchmarks: ``python -m benchmarks`` runs all quick ones; ``python -m benchmarks train data`` a few.
+
+Heavy ones (the CNN ``best`` preset, three seeds each on MNIST and Fashion-MNIST) run only when named:
+``python -m benchmarks best`` (``make bench-best``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+HEAVY = {"best"}
+
+
+def main(argv: list[str]) -> int:
+    here = Path(__file__).parent
+    found = sorted(
+        m.name.removeprefix("bench_") for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_")
+    )
+    wanted = argv or [n for n in found if n not in HEAVY]
+    unknown = [n for n in wanted if n not in found]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)} (have: {', '.join(found)})", file=sys.stderr)
+        return 2
+    for name in wanted:
+        print(f"\n=== {name} ===", flush=True)
+        t = time.perf_counter()
+        importlib.import_module(f"benchmarks.bench_{name}").main()
+        print(f"--- {name}: {time.perf_counter() - t:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

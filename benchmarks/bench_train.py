@@ -1,0 +1,130 @@
+"""Training speed and accuracy on full MNIST, against a plain PyTorch loop measured in the same run.
+
+- ``lesson`` preset through the engine vs the plain loop with the same settings (target: ≤ 1.1x its time).
+- ``fast`` preset: test accuracy and training time (target ≥ 97.8% in ≤ 1.5 s; stretch ≤ 1.0 s), and its
+  speed-up over the plain loop with the lesson's settings (target ≥ 6x), and over Keras when TensorFlow
+  is installed (target ≥ 18x).
+- GFLOP/s of the fast preset against this machine's measured float32 matmul peak.
+Medians of 3 runs (seeds 0, 1, 2). Training time excludes evaluation and start-up, for every contender.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.common import table
+from mnistlab.config import from_preset
+from mnistlab.datasets import mnist
+from mnistlab.engine import ACC, Trainer
+from mnistlab.runs import build_for, load_dataset
+
+REPEAT = 3
+
+
+def plain_loop(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray, seed: int) -> tuple[float, float]:
+    """The lesson's model and settings as a textbook PyTorch loop: batch 32, Adam 1e-3, 5 epochs."""
+    torch.manual_seed(seed)
+    X = torch.from_numpy(x.astype(np.float32) / 255.0).reshape(-1, 784)
+    Y = torch.from_numpy(y.astype(np.int64))
+    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    t = time.perf_counter()
+    for _ in range(5):
+        perm = torch.randperm(len(X))
+        for i in range(0, len(X), 32):
+            idx = perm[i : i + 32]
+            opt.zero_grad()
+            loss_fn(model(X[idx]), Y[idx]).backward()
+            opt.step()
+    elapsed = time.perf_counter() - t
+    with torch.no_grad():
+        acc = (model(torch.from_numpy(xt.astype(np.float32) / 255.0).reshape(-1, 784)).argmax(1).numpy() == yt).mean()
+    return elapsed, float(acc)
+
+
+def engine_run(preset: str, seed: int) -> tuple[float, float, int]:
+    config = from_preset(preset, seed=seed)
+    ds = load_dataset(config, progress=False)
+    torch.manual_seed(seed)
+    model = build_for(config, ds)
+    trainer = Trainer(model, config.optimizer, config.lr, schedule=config.schedule, warmup=config.warmup,
+                      label_smoothing=config.label_smoothing, seed=seed, device="cpu", verbose=0)  # fmt: skip
+    trainer.fit(ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs)
+    acc = trainer.evaluate(ds.x_test, ds.y_test)[ACC]
+    return trainer.train_time, acc, config.epochs
+
+
+def keras_lesson(seed: int) -> tuple[float, float] | None:
+    try:
+        import tensorflow as tf  # noqa: F401
+    except ImportError:
+        return None
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    (x, y), (xt, yt) = mnist.load_data()
+    x, xt = x / 255.0, xt / 255.0
+    model = tf.keras.models.Sequential(
+        [
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(128, activation="relu"),
+            tf.keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"])
+    t = time.perf_counter()
+    model.fit(x, y, batch_size=32, epochs=5, verbose=0)
+    elapsed = time.perf_counter() - t
+    return elapsed, float(model.evaluate(xt, yt, verbose=0)[1])
+
+
+def matmul_peak() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 2048**3 / (time.perf_counter() - t))
+    return best / 1e9
+
+
+def main() -> None:
+    (x, y), (xt, yt) = mnist.load_data()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    plain = [plain_loop(x, y, xt, yt, s) for s in range(REPEAT)]
+    lesson = [engine_run("lesson", s) for s in range(REPEAT)]
+    fast = [engine_run("fast", s) for s in range(REPEAT)]
+    keras = [r for r in (keras_lesson(s) for s in range(REPEAT)) if r is not None]
+    med = lambda rows, i: statistics.median(r[i] for r in rows)  # noqa: E731
+    p_t, p_a = med(plain, 0), med(plain, 1)
+    l_t, l_a = med(lesson, 0), med(lesson, 1)
+    f_t, f_a = med(fast, 0), med(fast, 1)
+    rows = [
+        ["plain PyTorch loop, lesson settings", p_t, p_a, "1.0x"],
+        ["mnistlab --preset lesson", l_t, l_a, f"{l_t / p_t:.2f}x the plain loop's time (target ≤ 1.1x)"],
+        ["mnistlab --preset fast", f_t, f_a, f"{p_t / f_t:.1f}x faster than the plain loop (target ≥ 6x)"],
+    ]
+    if keras:
+        k_t, k_a = med(keras, 0), med(keras, 1)
+        rows.insert(
+            0, ["Keras, the lesson's script", k_t, k_a, f"fast preset is {k_t / f_t:.1f}x faster (target ≥ 18x)"]
+        )
+    else:
+        rows.append(["Keras", "-", "-", "TensorFlow not installed: not measured"])
+    print(table(rows, ["MNIST MLP, median of 3 seeds", "train s", "test acc", "ratio"]))
+    print("fast preset per seed: " + ", ".join(f"{t:.2f}s/{a:.4f}" for t, a, _ in fast))
+    print(f"fast preset: ≥ 97.8% {'met' if f_a >= 0.978 else 'MISSED'}; ≤ 1.5 s {'met' if f_t <= 1.5 else 'MISSED'}"
+          f"; stretch ≤ 1.0 s {'met' if f_t <= 1.0 else 'missed'}")  # fmt: skip
+    # Training FLOPs per image: forward 2*(784*128 + 128*10); backward about twice that, minus the input gradient.
+    fwd = 2 * (784 * 128 + 128 * 10)
+    flops = (fwd + 2 * fwd - 2 * 784 * 128) * 60000 * fast[0][2]
+    peak = matmul_peak()
+    print(f"fast preset: {flops / f_t / 1e9:.1f} GFLOP/s achieved; float32 matmul peak here {peak:.0f} GFLOP/s "
+          f"({flops / f_t / 1e9 / peak:.0%} of peak)")  # fmt: skip

@@ -1,0 +1,213 @@
+"""The numbers behind the pictures: a run's history and its model's predictions on the test split.
+
+``plots`` draws these and ``report`` puts them on one page; a notebook user can call them directly.
+
+>>> history = load_history("runs/main")                  # doctest: +SKIP
+>>> preds = predict_run("runs/main")                     # doctest: +SKIP
+>>> preds.accuracy, preds.confusion()[7, 2]              # doctest: +SKIP
+(0.978..., 11)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnistlab import checkpoint as ckpt
+from mnistlab.engine import KEYS, History
+from mnistlab.errors import CheckpointError, ConfigError
+
+RUN_MARKERS = ("config.json", "history.json", "metrics.csv", ckpt.LAST, ckpt.BEST)
+
+# What plotting and reporting accept as "a training history".
+HistoryLike = History | dict | str | os.PathLike
+
+
+def load_history(source: HistoryLike) -> History:
+    """A ``History`` from a ``History``, a dict (``History.to_dict()`` or Keras's ``history.history``),
+    a run folder (its ``history.json``, else ``metrics.csv``) or a checkpoint file.
+
+    Raises ``CheckpointError`` for a folder that is not a run or a run with no finished epoch yet.
+
+    >>> load_history({"loss": [0.5, 0.3], "val_loss": [0.4, 0.35]}).epoch
+    [0, 1]
+    """
+    if isinstance(source, History):
+        history, where = source, "history"
+    elif isinstance(source, dict):
+        history, where = _from_dict(source), "history"
+    elif isinstance(source, str | os.PathLike):
+        history, where = _from_path(Path(source))
+    else:
+        raise ConfigError(f"expected a History, a dict or a run folder, got {type(source).__name__}")
+    _check(history, where)
+    return history
+
+
+def _from_dict(d: dict) -> History:
+    if isinstance(d.get("history"), dict):
+        return History.from_dict(d)
+    # Keras's ``history.history``: one value per epoch for every key, validated every epoch.
+    h = History({k: [float(x) for x in v] for k, v in d.items()})
+    n = max((len(v) for k, v in h.history.items() if not k.startswith("val_")), default=0)
+    h.epoch = list(range(n))
+    h.val_epoch = list(range(max((len(v) for k, v in h.history.items() if k.startswith("val_")), default=0)))
+    return h
+
+
+def _from_path(p: Path) -> tuple[History, str]:
+    if p.is_file():  # a checkpoint file carries the history up to the moment it was saved
+        return History.from_dict(ckpt.read_meta(p).get("history", {})), str(p)
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: no such run folder")
+    if not any((p / name).exists() for name in RUN_MARKERS):
+        raise CheckpointError(f"{p}: not a run folder (no {', '.join(RUN_MARKERS[:3])} or checkpoint inside)")
+    hist = p / "history.json"
+    if hist.is_file():
+        try:
+            d = json.loads(hist.read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{hist}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{hist}: expected a JSON object, got {type(d).__name__}")
+        return History.from_dict(d), str(hist)
+    if (p / "metrics.csv").is_file():
+        return _from_csv(p / "metrics.csv"), str(p / "metrics.csv")
+    raise CheckpointError(f"{p}: run has no finished epoch yet (no history.json); train it first")
+
+
+def _from_csv(path: Path) -> History:
+    """``metrics.csv`` as a History (it has no resume points or best epoch: those live in history.json)."""
+    h = History()
+    with path.open(newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                epoch = int(row["epoch"]) - 1
+                values = {k: (float(v) if v not in ("", None) else None) for k, v in row.items() if k != "epoch"}
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}, line {line}: not a metrics row ({e})") from None
+            h.epoch.append(epoch)
+            for k, v in values.items():
+                if v is not None:
+                    h.history.setdefault(k, []).append(v)
+            if values.get("val_loss") is not None:
+                h.val_epoch.append(epoch)
+    return h
+
+
+def _check(h: History, where: str) -> None:
+    if not h.epoch:
+        raise CheckpointError(f"{where}: no finished epoch yet, nothing to plot")
+    for k, v in h.history.items():
+        want = len(h.val_epoch) if k.startswith("val_") else len(h.epoch)
+        if len(v) != want:
+            raise CheckpointError(f"{where}: {k!r} has {len(v)} values for {want} epochs (the history is inconsistent)")
+
+
+def final_metrics(h: History) -> dict[str, float]:
+    """The last value of each of the four Keras metrics that the history holds."""
+    return {k: h.history[k][-1] for k in KEYS if h.history.get(k)}
+
+
+# -- predictions on the test split ----------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """A model's class probabilities on labelled images, with what is derived from them.
+
+    >>> p = Predictions(np.zeros((2, 28, 28), np.uint8), np.array([0, 1]), np.array([[.9, .1], [.8, .2]]), ("0", "1"))
+    >>> p.accuracy, p.mistakes(5).tolist()
+    (0.5, [1])
+    """
+
+    x: np.ndarray  # images, uint8 (N, H, W) or (N, H, W, 3)
+    y: np.ndarray  # true labels (N,)
+    probs: np.ndarray  # (N, classes)
+    class_names: tuple[str, ...]
+    source: str = ""  # the checkpoint that made them
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.y = np.asarray(self.y).astype(np.int64)
+        self.probs = np.asarray(self.probs)
+        if self.probs.ndim != 2 or len(self.probs) != len(self.y) or len(self.x) != len(self.y):
+            raise ConfigError(
+                f"predictions need x (N, ...), y (N,) and probs (N, classes), got {np.shape(self.x)}, "
+                f"{self.y.shape}, {self.probs.shape}"
+            )
+        if self.probs.shape[1] != len(self.class_names):
+            raise ConfigError(f"probs has {self.probs.shape[1]} columns for {len(self.class_names)} class names")
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.pred == self.y).mean()) if len(self.y) else math.nan
+
+    @property
+    def loss(self) -> float:
+        """Cross-entropy of the true classes (what Keras reports as ``loss``)."""
+        if not len(self.y):
+            return math.nan
+        p_true = self.probs[np.arange(len(self.y)), self.y].astype(np.float64)
+        return float(-np.log(np.clip(p_true, 1e-12, None)).mean())
+
+    def confusion(self) -> np.ndarray:
+        """Counts ``(classes, classes)``: row = true class, column = predicted class."""
+        k = len(self.class_names)
+        return np.bincount(self.y * k + self.pred, minlength=k * k).reshape(k, k)
+
+    def per_class_accuracy(self) -> np.ndarray:
+        """Recall of each class (NaN for a class with no test image)."""
+        cm = self.confusion()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.diag(cm) / cm.sum(1)
+
+    def mistakes(self, n: int) -> np.ndarray:
+        """Indices of the ``n`` most confident wrong predictions, most confident first."""
+        wrong = np.flatnonzero(self.pred != self.y)
+        conf = self.probs[wrong, self.pred[wrong]]
+        return wrong[np.argsort(-conf, kind="stable")[: max(n, 0)]]
+
+
+def predict_run(run: str | os.PathLike[str], which: str = "best") -> Predictions:
+    """Load a run's ``best`` (or ``last``) checkpoint and predict its data set's test split."""
+    if Path(run).is_dir():
+        load_history(run)  # a folder that is not a run, or has no finished epoch, gets that error first
+    return predictions_of(ckpt.load_checkpoint(run, which), which)
+
+
+def predictions_of(loaded: ckpt.LoadedModel, which: str = "") -> Predictions:
+    """Predict the test split of the data set a loaded checkpoint was trained on."""
+    from mnistlab.config import TrainConfig
+    from mnistlab.runs import load_dataset
+
+    if not loaded.config:
+        raise CheckpointError(f"{loaded.path}: no run config inside, so its data set is unknown")
+    try:
+        config = TrainConfig.from_dict(loaded.config)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{loaded.path}: run config unreadable ({e})") from None
+    ds = load_dataset(config, progress=False)
+    try:
+        probs = loaded.predict(ds.x_test)
+    except RuntimeError as e:  # the data set on disk no longer has the shape the model was built for
+        raise CheckpointError(
+            f"{loaded.path}: model does not fit {ds.name}'s images ({str(e).splitlines()[0]})"
+        ) from None
+    trained_on = (loaded.meta.get("dataset") or {}).get("digest")
+    return Predictions(
+        ds.x_test, ds.y_test, probs, loaded.class_names, source=str(loaded.path),
+        meta={"epoch": loaded.meta.get("epoch"), "dataset": ds.name, "which": which,
+              "same_data": trained_on in (None, "", ds.digest)},
+    )  # fmt: skip

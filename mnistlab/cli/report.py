@@ -1,0 +1,22 @@
+"""``mnistlab report RUN``: the whole run on one self-contained HTML page."""
+
+from __future__ import annotations
+
+import argparse
+
+from mnistlab.report import write_report
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write one self-contained HTML page about a run (pictures embedded)")
+    p.add_argument("run", help="run folder (or checkpoint file)")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint that predicts (default: best)")
+    p.add_argument("--mistakes", type=int, default=24, metavar="N", help="most confident mistakes shown (default: 24)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = write_report(args.run, args.output, which=args.which, mistakes=args.mistakes)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB); open it in a browser")
+    return 0

@@ -1,0 +1,126 @@
+"""Downloads against a real HTTP server on 127.0.0.1 serving the real Fashion-MNIST files."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnistlab.datasets import download as dl
+from mnistlab.datasets import load
+from mnistlab.datasets.specs import FASHION_MNIST, PARTS
+from mnistlab.errors import DownloadError
+from tests.conftest import run_cli, shared_dataset
+
+FASHION = shared_dataset("fashion-mnist")
+MNIST = shared_dataset("mnist")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """/good/F serves Fashion-MNIST, /wrong/F serves MNIST under the same name, /truncated/F stops half-way,
+    /slow/F never answers in time, anything else is 404."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        kind, _, name = self.path.strip("/").partition("/")
+        self.server.hits.append(self.path)  # type: ignore[attr-defined]
+        src = {"good": FASHION, "truncated": FASHION, "wrong": MNIST}.get(kind)
+        if kind == "slow":
+            time.sleep(3)
+        if src is None or not (src / name).is_file():
+            self.send_error(404)
+            return
+        body = (src / name).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if kind == "truncated" else body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, list[str]]]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.hits = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", srv.hits  # type: ignore[attr-defined]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def no_system(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Debian's dataset-fashion-mnist may be installed: hide system folders so the download path runs.
+    monkeypatch.setenv("MNISTLAB_SYSTEM_DIRS", str(tmp_path / "no-system"))
+
+
+def test_download_success_with_progress(server, home: Path, no_system, capsys: pytest.CaptureFixture) -> None:
+    base, _ = server
+    ds = load("fashion_mnist", mirrors=[f"{base}/good/"])
+    assert ds.x_train.shape == (60000, 28, 28) and np.bincount(ds.y_test).tolist() == [1000] * 10
+    assert sorted(p.name for p in (home / "fashion_mnist").iterdir()) == sorted(f"{p}.gz" for p in PARTS.values())
+    out = capsys.readouterr().out
+    assert "Downloading" in out and "MB" in out  # progress lines with sizes
+
+
+def test_first_mirror_404_then_second(server, home: Path, no_system) -> None:
+    base, hits = server
+    hits.clear()
+    dl.download(FASHION_MNIST, home / "fashion_mnist", mirrors=[f"{base}/missing", f"{base}/good"], progress=False)
+    assert any(h.startswith("/missing/") for h in hits) and any(h.startswith("/good/") for h in hits)
+    assert load("fashion_mnist", download=False).x_train.shape == (60000, 28, 28)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "wrong"])
+def test_bad_body_caches_nothing_and_keeps_users_files(server, home: Path, no_system, kind: str) -> None:
+    base, _ = server
+    folder = home / "fashion_mnist"
+    folder.mkdir(parents=True)
+    mine = folder / "notes.txt"
+    mine.write_text("my file")
+    with pytest.raises(DownloadError) as e:
+        dl.download(FASHION_MNIST, folder, mirrors=[f"{base}/{kind}"], progress=False)
+    msg = str(e.value)
+    assert f"{base}/{kind}/train-images-idx3-ubyte.gz" in msg
+    assert ("truncated" in msg) if kind == "truncated" else ("content MD5" in msg)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # no partial or temp file left
+    assert mine.read_text() == "my file"
+
+
+def test_all_mirrors_dead_gives_the_helpful_message(server, home: Path, no_system) -> None:
+    base, _ = server
+    mirrors = [f"{base}/missing", "http://127.0.0.1:9/"]
+    with pytest.raises(DownloadError) as e:
+        load("fashion_mnist", mirrors=mirrors, progress=False)
+    msg = str(e.value)
+    assert "HTTP 404" in msg and "127.0.0.1:9" in msg
+    assert str(home / "fashion_mnist") in msg and "train-images-idx3-ubyte.gz" in msg and "data import" in msg
+    assert "\n" not in msg
+
+
+def test_timeout_moves_on(server, home: Path, no_system) -> None:
+    base, _ = server
+    folder = home / "fashion_mnist"
+    dl.download(FASHION_MNIST, folder, mirrors=[f"{base}/slow", f"{base}/good"], timeout=0.5, progress=False,
+                parts=["t10k-labels-idx1-ubyte"])  # fmt: skip
+    assert (folder / "t10k-labels-idx1-ubyte.gz").is_file()
+
+
+def test_cli_download_with_env_mirrors_and_failure(server, home: Path, no_system, tmp_path: Path) -> None:
+    base, _ = server
+    env = {"MNISTLAB_HOME": str(home), "MNISTLAB_SYSTEM_DIRS": str(tmp_path / "none")}
+    bad = run_cli("data", "download", "fashion_mnist", env={**env, "MNISTLAB_MIRRORS": f"{base}/missing"})
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.count("\n") == 1 and "could not download fashion_mnist" in bad.stderr
+    ok = run_cli("data", "download", "fashion_mnist", env={**env, "MNISTLAB_MIRRORS": f"{base}/missing,{base}/good"})
+    assert ok.returncode == 0, ok.stderr
+    assert "files verified" in ok.stdout
