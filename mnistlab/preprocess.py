@@ -357,21 +357,12 @@ def _resize(a: np.ndarray, size: tuple[int, int], resample: int | None = None) -
     return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize((w, h), resample), dtype=np.float32)
 
 
-def _grid_stat(a: np.ndarray, cells: int, q: float) -> np.ndarray:
-    """The ``q``-th percentile of each cell of a ``cells × cells`` grid over ``a`` (a few edge rows and
-    columns that do not fill a cell are left out)."""
-    h, w = a.shape
-    bh, bw = h // cells, w // cells
-    blocks = a[: bh * cells, : bw * cells].reshape(cells, bh, cells, bw).transpose(0, 2, 1, 3)
-    return np.percentile(blocks.reshape(cells, cells, bh * bw), q, axis=2).astype(np.float32)
-
-
 def _ink_is_dark(g: np.ndarray) -> bool:
     """True for dark ink on light paper. The ink is the minority: measured against the local median
     (over a third of the picture, where even a bold digit covers less than half), whichever tail of
     the pixel values stands out further is the ink, whatever the paper's shade or lighting."""
     local = _thumb_filter(g, 0.15, "median")
-    resid = g - local
+    resid = (g - local)[::2, ::2]  # every other pixel: the same statistics, a quarter of the work
     sigma = 1.4826 * float(np.median(np.abs(resid))) + 1e-3
     dark = float(np.clip(-resid - 3 * sigma, 0, None).sum())
     bright = float(np.clip(resid - 3 * sigma, 0, None).sum())
@@ -437,7 +428,10 @@ def _blur3(x: np.ndarray) -> np.ndarray:
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, float(values.max()) + 1e-6))
+    top = float(values.max()) + 1e-6
+    idx = np.minimum((values.ravel() * (bins / top)).astype(np.int32), bins - 1)
+    hist = np.bincount(idx, minlength=bins).astype(np.float64)  # np.histogram is several times slower
+    edges = np.linspace(0.0, top, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
@@ -502,8 +496,9 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
     and smaller pieces near it (a stroke broken by the pen); specks and dirt elsewhere go. The mask is
     None (with a reason) when there is nothing.
     """
-    base = float(np.median(x))
-    sigma = 1.4826 * float(np.median(np.abs(x - base))) + 1e-4
+    sample = x[::2, ::2]  # every other pixel: the same statistics, a quarter of the work
+    base = float(np.median(sample))
+    sigma = 1.4826 * float(np.median(np.abs(sample - base))) + 1e-4
     if float(x.max()) - base < 0.03:
         return x, None, "the picture is blank"
     t = max(_otsu(x), base + 4 * sigma)

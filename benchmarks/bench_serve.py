@@ -1,0 +1,161 @@
+"""The web app under load: requests/s, p50/p99 latency and errors with 8 concurrent clients on loopback.
+
+Starts ``mnistlab serve`` as a real subprocess (as a user would) and lets 8 client threads, each with
+its own keep-alive connection, post what the page sends (a 280×280 canvas drawing as a PNG data URL in
+JSON) for ``MNISTLAB_BENCH_SECONDS`` seconds (default 20), ``REPEATS`` times; prints the median of the
+runs. The baseline, measured in the same run, is the same work without HTTP: 8 threads calling
+``Predictor.predict_one`` in-process (decode, prepare, predict), so the ratio is what serving costs.
+Clients and server share the machine's cores, as they would on a laptop.
+
+Model: the fast preset trained here in seconds, or ``MNISTLAB_BENCH_RUN=RUN`` (e.g. a CNN run).
+
+    python -m benchmarks.bench_serve
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+CLIENTS = 8
+REPEATS = 3
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _picture() -> bytes:
+    from mnistlab.photolike import draw_digit
+
+    buf = io.BytesIO()
+    draw_digit(5, size=280, width=18).convert("RGBA").save(buf, format="PNG")  # what canvas.toDataURL gives
+    return buf.getvalue()
+
+
+def _start(run: Path) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "mnistlab", "serve", str(run), "--port", str(port), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def _load(fn, seconds: float) -> tuple[int, list[float], int]:
+    """Run ``fn`` in ``CLIENTS`` threads for ``seconds``: (requests done, latencies in s, errors)."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client() -> None:
+        state = fn.open() if hasattr(fn, "open") else None
+        mine, bad = [], 0
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            try:
+                ok = fn(state)
+            except Exception:
+                ok = False
+            mine.append(time.perf_counter() - t)
+            bad += not ok
+        with lock:
+            latencies.extend(mine)
+            errors[0] += bad
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return len(latencies), latencies, errors[0]
+
+
+class _Http:
+    def __init__(self, base: str, body: bytes) -> None:
+        self.base, self.body = base, body
+
+    def open(self):
+        import httpx
+
+        return httpx.Client(base_url=self.base, timeout=30, headers={"content-type": "application/json"})
+
+    def __call__(self, client) -> bool:
+        r = client.post("/api/predict", content=self.body)
+        return r.status_code == 200 and r.json()["class"] == "5"
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> None:
+    import torch
+
+    from mnistlab.config import from_preset
+    from mnistlab.predict import Predictor
+    from mnistlab.runs import train_run
+
+    seconds = float(os.environ.get("MNISTLAB_BENCH_SECONDS", "20"))
+    picture = _picture()
+    body = ('{"image": "data:image/png;base64,' + base64.b64encode(picture).decode() + '"}').encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(os.environ.get("MNISTLAB_BENCH_RUN") or Path(tmp) / "mlp")
+        if not os.environ.get("MNISTLAB_BENCH_RUN"):
+            train_run(from_preset("fast"), run, verbose=0)
+
+        # Baseline: the same work in-process, one torch thread per call as the server uses.
+        torch.set_num_threads(1)
+        predictor = Predictor(run)
+        model = f"{predictor.loaded.spec['name']} from {run}" if os.environ.get("MNISTLAB_BENCH_RUN") else "fast MLP"
+        base_rps = []
+        for _ in range(REPEATS):
+            n, _, _ = _load(lambda _s: predictor.predict_one(picture).name == "5", min(seconds, 5))
+            base_rps.append(n / min(seconds, 5))
+
+        proc, base = _start(run)
+        try:
+            rows = []
+            for i in range(REPEATS):
+                n, lat, bad = _load(_Http(base, body), seconds)
+                rows.append((n / seconds, _pct(lat, 0.5) * 1e3, _pct(lat, 0.99) * 1e3, bad, n))
+                print(f"run {i + 1}: {rows[-1][0]:.1f} req/s, p50 {rows[-1][1]:.1f} ms, p99 {rows[-1][2]:.1f} ms, "
+                      f"{bad} errors of {n}", flush=True)  # fmt: skip
+            alive = proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    rps = statistics.median(r[0] for r in rows)
+    print(f"\n{CLIENTS} clients × {seconds:.0f} s on loopback, median of {REPEATS} runs, model: {model}")
+    print(f"  requests/s      {rps:.1f}")
+    print(f"  latency p50     {statistics.median(r[1] for r in rows):.1f} ms")
+    print(f"  latency p99     {statistics.median(r[2] for r in rows):.1f} ms")
+    print(
+        f"  errors          {sum(r[3] for r in rows)} of {sum(r[4] for r in rows)} requests; server alive after: {alive}"
+    )
+    base_med = statistics.median(base_rps)
+    print(f"  in-process, no HTTP (baseline): {base_med:.1f} calls/s → serving keeps {rps / base_med:.2f}x of it")
+
+
+if __name__ == "__main__":
+    main()
