@@ -298,8 +298,16 @@ def test_browser_high_dpi_touch_and_live_prediction(browser, server) -> None:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
-def test_serve_cli_refuses_bad_arguments(tmp_path) -> None:
+def test_serve_cli_refuses_bad_arguments(tmp_path, server, mlp_run) -> None:
     from tests.conftest import run_cli
 
     r = run_cli("serve", str(tmp_path / "no-run"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such run folder" in r.stderr
+    port = server[0].rsplit(":", 1)[1]
+    r = run_cli("serve", str(mlp_run), "--port", port)  # the module's server holds it
+    assert (
+        r.returncode == 2
+        and r.stderr.strip() == f"mnistlab: error: cannot listen on 127.0.0.1:{port} (Address already in use)"
+    )
+    r = run_cli("serve", str(mlp_run), "--port", "70000")
+    assert r.returncode == 2 and "port must lie in 0..65535" in r.stderr

@@ -25,6 +25,7 @@ import binascii
 import json
 import logging
 import os
+import socket
 import time
 from importlib import resources
 from typing import Any
@@ -229,6 +230,21 @@ def _data_url(url: str) -> bytes:
     return data
 
 
+def _check_address(host: str, port: int) -> None:
+    """Fail with one line, before loading anything, when the address cannot be listened on."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
 def serve(
     run: str | os.PathLike[str],
     host: str = "127.0.0.1",
@@ -251,6 +267,7 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must lie in 0..65535, got {port}")
+    _check_address(host, port)
     if threads > 0:
         torch.set_num_threads(threads)
     app = create_app(run, which=which, kind=kind, thicken=thicken, max_upload=max_upload)
