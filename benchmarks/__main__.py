@@ -1,6 +1,6 @@
 """Run the benchmarks: ``python -m benchmarks`` runs all quick ones; ``python -m benchmarks train data`` a few.
 
-Heavy ones (the CNN ``best`` preset, three seeds each on MNIST and Fashion-MNIST) run only when named:
+Heavy ones (the CNN ``best`` preset on MNIST and Fashion-MNIST; ``predict``, which trains a CNN) run only when named:
 ``python -m benchmarks best`` (``make bench-best``).
 """
 
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-HEAVY = {"best"}
+HEAVY = {"best", "predict"}  # each trains a CNN: minutes, run them by name
 
 
 def main(argv: list[str]) -> int:
