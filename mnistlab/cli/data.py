@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 
@@ -120,7 +119,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     spec = get_spec(args.name)
     assert spec is not None
     dest = data_home() / spec.name
-    dl.download(spec, dest, mirrors=args.mirror, timeout=args.timeout, progress=sys.stdout.isatty() or True)
+    dl.download(spec, dest, mirrors=args.mirror, timeout=args.timeout, progress=True)
     print(f"{spec.name}: files verified in {dest}")
     return 0
 

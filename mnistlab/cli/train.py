@@ -9,7 +9,7 @@ from mnistlab import distributed
 from mnistlab.augment import SPEC_HELP
 from mnistlab.config import OPTIMIZERS, PRESETS, SCHEDULES, from_preset
 from mnistlab.models import MODELS
-from mnistlab.runs import RESUMABLE_OVERRIDES, train_run
+from mnistlab.runs import train_run
 
 # CLI flag → config field, for flags that override the preset when given.
 FIELDS = ("dataset", "data_dir", "model", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
@@ -88,6 +88,3 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet and distributed.is_main():  # under torchrun, every rank runs this command
         print(result["summary"])
     return 0
-
-
-__all__ = ["RESUMABLE_OVERRIDES", "register"]
