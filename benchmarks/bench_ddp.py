@@ -7,6 +7,8 @@ Medians of 3, in the same run, for the ``fast`` preset's MLP (global batch 256) 
   scoring the test set are reported apart, as seconds per run;
 - the baseline: a plain PyTorch loop of the same model, batch and optimizer (one process), and the same
   loop under ``DistributedDataParallel`` (two processes, each taking half of every batch);
+- one process trains the MLP with the engine's hand-written step (``mnistlab.lean``), several processes
+  through autograd, as DDP needs; the plain baseline uses autograd in both;
 - three settings: 1 process × 1 thread, 1 process × all cores, 2 processes × half the cores each. On a
   shared machine, a process's threads fighting other work can make "all cores" the slowest of the three.
 

@@ -47,6 +47,7 @@ from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, faults, fileio
 from mnistlab.config import OPTIMIZERS, SCHEDULES
 from mnistlab.errors import CheckpointError, ConfigError, DistributedError, MnistlabError
+from mnistlab.lean import LeanMLP
 from mnistlab.preprocess import images_to_tensor, labels_to_tensor
 from mnistlab.progress import Progbar
 
@@ -200,6 +201,7 @@ class Trainer:
     """Compile-and-fit for any ``nn.Module`` that maps ``(N, C, H, W)`` images to logits.
 
     ``augment`` is a callable ``(batch, generator) -> batch`` applied to training batches only.
+    The lesson's MLP trains with a hand-written step (``mnistlab.lean``) unless ``lean=False``.
     """
 
     def __init__(
@@ -220,6 +222,7 @@ class Trainer:
         precision: str = "fp32",
         channels_last: bool = False,
         verbose: int = 1,
+        lean: bool = True,
     ) -> None:
         if schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {schedule!r} (choose from {', '.join(SCHEDULES)})")
@@ -252,6 +255,7 @@ class Trainer:
         self.seed = seed
         self.augment = augment
         self.verbose = verbose
+        self.lean = lean  # False: always train through autograd (for comparison)
         self.stream = sys.stdout
         # Extra JSON saved in every checkpoint (the CLI puts the run config and data set identity here).
         self.extra_meta: dict[str, Any] = {}
@@ -388,6 +392,10 @@ class Trainer:
             net = DistributedDataParallel(self.model, device_ids=dev_ids)  # makes every rank start from rank 0's
             live = distributed.broadcast_flag(bool(verbose) and hasattr(self.stream, "isatty") and self.stream.isatty())
         self.model.train()
+        # The lesson's MLP in float32 in one process trains with a hand-written step (see ``mnistlab.lean``).
+        lean = None
+        if self.lean and ddp is None and self.precision == "fp32" and LeanMLP.supports(self.model):
+            lean = LeanMLP(self.model, self.loss_fn.label_smoothing)
         # Ctrl-C under torchrun reaches every rank at a different step; a graceful stop would need the
         # ranks to agree each step, so a multi-process run stops at once and resumes from its last save.
         graceful = run is not None and ddp is None
@@ -420,22 +428,27 @@ class Trainer:
                         group["lr"] = base * factor
                     if self.channels_last:
                         xb = xb.contiguous(memory_format=torch.channels_last)
-                    with _autocast(self.device, self.precision):
-                        logits = net(xb).float()
-                        if ddp is None:
-                            loss = self.loss_fn(logits, yb)
-                            loss_sum = loss.detach().double() * len(yb)
-                        else:
-                            # DDP averages gradients over ranks; scaled so, the average is the gradient of the
-                            # global batch's mean loss, as one process computes it, even for an uneven last batch.
-                            loss_sum = nn.functional.cross_entropy(
-                                logits, yb, reduction="sum", label_smoothing=self.loss_fn.label_smoothing
-                            )
-                            loss = loss_sum * (world / global_n)
-                            loss_sum = loss_sum.detach().double()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
+                    if lean is not None:
+                        logits, loss = lean.step(xb, yb)
+                        loss_sum = loss.double() * len(yb)
+                        self.optimizer.step()
+                    else:
+                        with _autocast(self.device, self.precision):
+                            logits = net(xb).float()
+                            if ddp is None:
+                                loss = self.loss_fn(logits, yb)
+                                loss_sum = loss.detach().double() * len(yb)
+                            else:
+                                # DDP averages gradients over ranks; scaled so, the average is the gradient of the
+                                # global batch's mean loss, as one process computes it, even for an uneven last batch.
+                                loss_sum = nn.functional.cross_entropy(
+                                    logits, yb, reduction="sum", label_smoothing=self.loss_fn.label_smoothing
+                                )
+                                loss = loss_sum * (world / global_n)
+                                loss_sum = loss_sum.detach().double()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        self.optimizer.step()
                     with torch.no_grad():
                         sums += torch.stack(
                             (loss_sum, (logits.argmax(1) == yb).sum().double(), torch.tensor(float(len(yb)), dtype=torch.float64, device=sums.device))

@@ -1,0 +1,91 @@
+"""A hand-written training step for the lesson's MLP: Linear → ReLU → Linear, softmax cross-entropy.
+
+Autograd records and replays a graph every step; for a model this small that bookkeeping is a large
+part of the step. This module computes the same forward pass and the exact gradients directly (six
+matrix products in all) into preallocated ``.grad`` tensors, and leaves the update to the optimizer.
+
+The engine uses it when the model is an ``nn.Sequential`` of exactly ``[Standardize,] Flatten, Linear,
+ReLU, Linear`` trained in float32 in one process; every other model goes through autograd. The result
+is the gradient autograd computes, up to float rounding (``tests/test_lean.py`` checks both agree).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mnistlab.models import Standardize
+
+
+class LeanMLP:
+    """``step(x, y) -> (logits, loss)``: forward, loss and gradients of a plain MLP, without autograd."""
+
+    def __init__(self, model: nn.Sequential, label_smoothing: float = 0.0) -> None:
+        layers = list(model)
+        self.standardize = layers.pop(0) if isinstance(layers[0], Standardize) else None
+        _flatten, self.fc1, _relu, self.fc2 = layers
+        self.smoothing = label_smoothing
+        for p in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether ``model`` is exactly ``[Standardize,] Flatten, Linear, ReLU, Linear`` with trainable biases."""
+        if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
+            return False
+        kinds = [type(m) for m in model]
+        if kinds and kinds[0] is Standardize:
+            kinds = kinds[1:]
+        if kinds != [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]:
+            return False
+        layers = list(model)
+        flatten, fc1, fc2 = layers[-4], layers[-3], layers[-1]
+        params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias]
+        return (
+            flatten.start_dim == 1
+            and flatten.end_dim == -1
+            and all(p is not None and p.requires_grad for p in params)
+            and sum(1 for _ in model.parameters()) == 4
+        )
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and mean loss of the batch; the gradients land in the parameters' ``.grad``."""
+        n = x.shape[0]
+        x = x.reshape(n, -1)
+        w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+        # Standardize is folded into the first layer, so the standardized batch is never written out:
+        # ((x - m) / s) @ w1.T + b1 = (x @ w1.T) / s + (b1 - (m / s) * w1.sum(1))
+        if self.standardize is not None:
+            m, s = self.standardize.mean, self.standardize.std
+            inv = 1.0 / float(s)
+            h = torch.addmm(torch.addcmul(b1, w1.sum(1), m * -inv), x, w1.t(), alpha=inv)
+        else:
+            inv = 1.0
+            h = torch.addmm(b1, x, w1.t())
+        r = h.relu_()
+        logits = torch.addmm(b2, r, w2.t())
+        logp = torch.log_softmax(logits, dim=1)
+        # d(mean loss)/d(logits) = (softmax - target) / n, target = (1 - ε)·one-hot + ε/classes
+        eps, classes = self.smoothing, logits.shape[1]
+        picked = logp.gather(1, y.unsqueeze(1))
+        if eps:
+            loss = -((1 - eps) * picked.sum() + eps / classes * logp.sum()) / n
+        else:
+            loss = -picked.sum() / n
+        dz = logp.exp_()
+        if eps:
+            dz.sub_(eps / classes)
+        dz.scatter_add_(1, y.unsqueeze(1), torch.full_like(picked, -(1 - eps)))
+        dz.div_(n)
+        torch.mm(dz.t(), r, out=w2.grad)
+        torch.sum(dz, 0, out=b2.grad)
+        dh = torch.ops.aten.threshold_backward(torch.mm(dz, w2), r, 0)
+        torch.sum(dh, 0, out=b1.grad)
+        # d/dw1 of the standardized layer: (dh.T @ x) / s - (m / s) · outer(db1, 1)
+        if self.standardize is not None:
+            torch.addmm((b1.grad * (-float(m) * inv)).unsqueeze(1), dh.t(), x, alpha=inv, out=w1.grad)
+        else:
+            torch.mm(dh.t(), x, out=w1.grad)
+        return logits, loss

@@ -1,0 +1,73 @@
+"""The hand-written MLP step computes what autograd computes, and the engine picks it only where it applies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mnistlab.datasets import mnist
+from mnistlab.engine import ACC, Trainer
+from mnistlab.lean import LeanMLP
+from mnistlab.models import cnn, mlp
+from mnistlab.preprocess import images_to_tensor
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    (x, y), _ = mnist.load_data()
+    return images_to_tensor(x[:300]), torch.from_numpy(y[:300].astype("int64"))
+
+
+@pytest.mark.parametrize("normalize", [None, [0.1307, 0.3081]])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_lean_gradients_equal_autograds(batch, normalize, smoothing: float) -> None:
+    x, y = batch
+    torch.manual_seed(0)
+    model = mlp(normalize=normalize)
+    for p in model.parameters():  # away from the initial point, so that some ReLUs are off
+        p.data.add_(torch.randn_like(p) * 0.05)
+    loss = nn.CrossEntropyLoss(label_smoothing=smoothing)(model(x), y)
+    loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None
+    logits, lean_loss = LeanMLP(model, smoothing).step(x, y)
+    assert torch.allclose(logits, model(x), atol=1e-5)
+    assert lean_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for got, want in zip((p.grad for p in model.parameters()), expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-4), (got - want).abs().max()
+
+
+def test_supports_only_the_plain_mlp() -> None:
+    assert LeanMLP.supports(mlp()) and LeanMLP.supports(mlp(normalize=[0.5, 0.5]))
+    assert LeanMLP.supports(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)))
+    assert not LeanMLP.supports(cnn(width=4))
+    assert not LeanMLP.supports(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.Tanh(), nn.Linear(64, 10)))
+    assert not LeanMLP.supports(
+        nn.Sequential(nn.Flatten(), nn.Linear(784, 64, bias=False), nn.ReLU(), nn.Linear(64, 10))
+    )
+
+    class Doubled(nn.Sequential):  # a subclass with its own forward is not the plain MLP
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    assert not LeanMLP.supports(Doubled(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)))
+    frozen = mlp()
+    frozen[1].weight.requires_grad_(False)
+    assert not LeanMLP.supports(frozen)
+
+
+def test_lean_and_autograd_training_agree() -> None:
+    (x, y), (xt, yt) = mnist.load_data()
+    results = []
+    for lean in (True, False):
+        torch.manual_seed(0)
+        trainer = Trainer(mlp(), "adam", 2e-3, label_smoothing=0.1, seed=0, verbose=0, lean=lean)
+        h = trainer.fit(x[:6000], y[:6000], batch_size=64, epochs=2, validation_data=(xt[:2000], yt[:2000]))
+        results.append((h.history, trainer.model.state_dict()))
+    (h_lean, w_lean), (h_auto, w_auto) = results
+    # Float rounding differs between the two, so the runs drift apart a little, but no more.
+    assert h_lean[f"val_{ACC}"][-1] == pytest.approx(h_auto[f"val_{ACC}"][-1], abs=0.01)
+    assert h_lean["loss"][0] == pytest.approx(h_auto["loss"][0], rel=1e-3)
+    assert all(torch.allclose(w_lean[k], w_auto[k], atol=2e-3) for k in w_lean)
