@@ -95,23 +95,40 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # The lesson, exactly: Flatten → Dense 128 relu → Dense 10, Adam 1e-3, batch 32, 5 epochs.
     "lesson": dict(model="mlp", epochs=5, batch_size=32, optimizer="adam", lr=1e-3, schedule="constant"),
-    # Same MLP; standardised input, larger batch and a one-cycle schedule reach ≥ 97.8% in 3 epochs.
-    "fast": dict(model="mlp", normalize=True, epochs=3, batch_size=256, optimizer="adam", lr=8e-3, schedule="onecycle"),
+    # Same MLP; standardised input, larger batch, a one-cycle schedule and label smoothing reach ≥ 97.8%
+    # in 3 epochs (measured here: 98.00% median of seeds 0-2, 97.98% of seeds 3-5).
+    "fast": dict(
+        model="mlp",
+        normalize=True,
+        epochs=3,
+        batch_size=384,
+        optimizer="adam",
+        lr=1.5e-2,
+        schedule="onecycle",
+        label_smoothing=0.1,
+    ),
     # The CNN preset: bf16 autocast + channels_last (AMX/AVX-512 kernels), light augmentation, one-cycle.
-    # Measured here: 99.64% after 3 epochs and 99.67% after 5 (seed 0).
+    # Seen here: 99.62-99.64% after 4-5 epochs, 12-20 s an epoch on 2 cores (see benchmarks/bench_best.py).
     "best": dict(
         model="cnn",
         precision="bf16",
         channels_last=True,
-        epochs=4,
-        batch_size=128,
+        epochs=5,
+        batch_size=256,
         optimizer="adam",
-        lr=4e-3,
+        lr=6e-3,
         schedule="onecycle",
         warmup=0.2,
         label_smoothing=0.1,
         augment="rotation=10,shift=0.1,zoom=0.1",
     ),
+}
+
+# Where a data set needs other settings under the same preset, applied on top of it (explicit options
+# still win). Fashion-MNIST: rotating, zooming or mirroring clothes cost accuracy in every run measured
+# here; 6 epochs gave 93.56% (seed 0), 7 gave 93.58% (seed 1), so it takes 7 for margin.
+DATASET_PRESETS: dict[tuple[str, str], dict] = {
+    ("best", "fashion_mnist"): dict(epochs=7, augment=""),
 }
 
 
@@ -123,5 +140,7 @@ def from_preset(name: str, **overrides: object) -> TrainConfig:
     bad = sorted(k for k in overrides if k not in fields)
     if bad:
         raise ConfigError(f"unknown settings: {', '.join(bad)}")
-    values = {**PRESETS[name], "preset": name, **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    dataset = str(given.get("dataset", PRESETS[name].get("dataset", "mnist")))
+    values = {**PRESETS[name], **DATASET_PRESETS.get((name, dataset), {}), "preset": name, **given}
     return TrainConfig(**values).validate()

@@ -87,3 +87,15 @@ def test_dry_run_like_quick_train_on_a_subset(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("\n") == 1 and r.stdout.startswith("test accuracy")
+
+
+def test_best_preset_takes_fashion_settings_and_explicit_options_win() -> None:
+    from mnistlab.config import PRESETS, from_preset
+
+    mnist_cfg = from_preset("best")
+    assert mnist_cfg.augment == PRESETS["best"]["augment"] and mnist_cfg.epochs == PRESETS["best"]["epochs"]
+    fashion = from_preset("best", dataset="fashion_mnist")
+    assert fashion.augment == "" and fashion.epochs == 7 and fashion.model == "cnn"
+    assert from_preset("best", dataset="fashion_mnist", epochs=2, augment="shift=0.1").augment == "shift=0.1"
+    assert from_preset("best", dataset="fashion_mnist", epochs=2).epochs == 2
+    assert from_preset("fast", dataset="fashion_mnist").augment == ""
