@@ -394,8 +394,8 @@ class Trainer:
         self.model.train()
         # The lesson's MLP in float32 in one process trains with a hand-written step (see ``mnistlab.lean``).
         lean = None
-        if self.lean and ddp is None and self.precision == "fp32" and LeanMLP.supports(self.model):
-            lean = LeanMLP(self.model, self.loss_fn.label_smoothing)
+        if self.lean and ddp is None and LeanMLP.supports(self.model):
+            lean = LeanMLP(self.model, self.loss_fn.label_smoothing, self.precision)
         # Ctrl-C under torchrun reaches every rank at a different step; a graceful stop would need the
         # ranks to agree each step, so a multi-process run stops at once and resumes from its last save.
         graceful = run is not None and ddp is None

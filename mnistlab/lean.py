@@ -20,8 +20,11 @@ from mnistlab.models import Standardize
 class LeanMLP:
     """``step(x, y) -> (logits, loss)``: forward, loss and gradients of a plain MLP, without autograd."""
 
-    def __init__(self, model: nn.Sequential, label_smoothing: float = 0.0) -> None:
+    def __init__(self, model: nn.Sequential, label_smoothing: float = 0.0, precision: str = "fp32") -> None:
         layers = list(model)
+        # bf16: the two large products (first layer forward, its weight gradient) run in bfloat16, as
+        # under autocast; everything else, weights and optimizer state stay float32.
+        self.low = torch.bfloat16 if precision == "bf16" else None
         self.standardize = layers.pop(0) if isinstance(layers[0], Standardize) else None
         _flatten, self.fc1, _relu, self.fc2 = layers
         self.smoothing = label_smoothing
@@ -57,13 +60,16 @@ class LeanMLP:
         w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
         # Standardize is folded into the first layer, so the standardized batch is never written out:
         # ((x - m) / s) @ w1.T + b1 = (x @ w1.T) / s + (b1 - (m / s) * w1.sum(1))
+        inv, shift = 1.0, b1
         if self.standardize is not None:
             m, s = self.standardize.mean, self.standardize.std
             inv = 1.0 / float(s)
-            h = torch.addmm(torch.addcmul(b1, w1.sum(1), m * -inv), x, w1.t(), alpha=inv)
+            shift = torch.addcmul(b1, w1.sum(1), m * -inv)
+        if self.low is not None:
+            x = x.to(self.low)
+            h = torch.mm(x, w1.to(self.low).t()).float().mul_(inv).add_(shift)
         else:
-            inv = 1.0
-            h = torch.addmm(b1, x, w1.t())
+            h = torch.addmm(shift, x, w1.t(), alpha=inv)
         r = h.relu_()
         logits = torch.addmm(b2, r, w2.t())
         logp = torch.log_softmax(logits, dim=1)
@@ -84,7 +90,11 @@ class LeanMLP:
         dh = torch.ops.aten.threshold_backward(torch.mm(dz, w2), r, 0)
         torch.sum(dh, 0, out=b1.grad)
         # d/dw1 of the standardized layer: (dh.T @ x) / s - (m / s) · outer(db1, 1)
-        if self.standardize is not None:
+        if self.low is not None:
+            w1.grad.copy_(torch.mm(dh.to(self.low).t(), x))
+            if self.standardize is not None:
+                w1.grad.mul_(inv).sub_(b1.grad.unsqueeze(1) * (float(m) * inv))
+        elif self.standardize is not None:
             torch.addmm((b1.grad * (-float(m) * inv)).unsqueeze(1), dh.t(), x, alpha=inv, out=w1.grad)
         else:
             torch.mm(dh.t(), x, out=w1.grad)
