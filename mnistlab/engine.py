@@ -392,7 +392,7 @@ class Trainer:
             net = DistributedDataParallel(self.model, device_ids=dev_ids)  # makes every rank start from rank 0's
             live = distributed.broadcast_flag(bool(verbose) and hasattr(self.stream, "isatty") and self.stream.isatty())
         self.model.train()
-        # The lesson's MLP in float32 in one process trains with a hand-written step (see ``mnistlab.lean``).
+        # The lesson's MLP in one process trains with a hand-written step (see ``mnistlab.lean``).
         lean = None
         if self.lean and ddp is None and LeanMLP.supports(self.model):
             lean = LeanMLP(self.model, self.loss_fn.label_smoothing, self.precision)

@@ -5,8 +5,10 @@ part of the step. This module computes the same forward pass and the exact gradi
 matrix products in all) into preallocated ``.grad`` tensors, and leaves the update to the optimizer.
 
 The engine uses it when the model is an ``nn.Sequential`` of exactly ``[Standardize,] Flatten, Linear,
-ReLU, Linear`` trained in float32 in one process; every other model goes through autograd. The result
-is the gradient autograd computes, up to float rounding (``tests/test_lean.py`` checks both agree).
+ReLU, Linear`` trained in one process; every other model goes through autograd. In float32 the result
+is the gradient autograd computes, up to float rounding; with ``precision="bf16"`` the two large
+products run in bfloat16 and the gradient is as close to float32's as autocast's is (both are checked
+in ``tests/test_lean.py``).
 """
 
 from __future__ import annotations
