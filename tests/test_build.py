@@ -424,6 +424,31 @@ def test_decode_image_errors(tmp_path):
 # -- writing --------------------------------------------------------------------------------------
 
 
+def test_next_build_removes_what_a_killed_build_left(course_png, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "own"
+    # A real build process killed with SIGKILL half-way through writing its hidden folder.
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, tempfile, pathlib\n"
+        "from mnistlab.datasets.build import _building_prefix\n"
+        f"out = pathlib.Path({str(out)!r})\n"
+        "tmp = tempfile.mkdtemp(prefix=f'{_building_prefix(out)}{os.getpid()}-', dir=out.parent)\n"
+        "pathlib.Path(tmp, 'x_train.npy').write_bytes(b'partial')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )], capture_output=True)  # fmt: skip
+    assert killed.returncode == -9
+    stale = leftovers(tmp_path)
+    assert len(stale) == 1 and stale[0].startswith(".own.building-")
+    # A build of the same output still running (this process) must be left alone.
+    live = tmp_path / f"{B._building_prefix(out)}{os.getpid()}-live"
+    live.mkdir()
+    build_dataset(course_png, out, progress=False)
+    assert load(out).x_train.shape[0] == N_TRAIN
+    assert leftovers(tmp_path) == [live.name]
+
+
 def test_interrupted_write_leaves_nothing(course_png, monkeypatch, tmp_path):
     out = tmp_path / "own"
     calls = []

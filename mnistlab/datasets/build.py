@@ -29,6 +29,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import csv
+import glob
 import io
 import json
 import math
@@ -36,6 +37,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -863,10 +865,44 @@ def _check_out(out: Path, force: bool) -> None:
         )
 
 
+def _building_prefix(out: Path) -> str:
+    # The host and process id in the name let a later build tell a killed build's leftovers from a live one.
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+    return f".{out.name}.building-{host}-"
+
+
+def remove_stale_builds(out: str | os.PathLike[str]) -> list[Path]:
+    """Delete the hidden ``.OUT.building-*`` folders that builds of ``out`` on this host left when killed.
+
+    Only folders whose process no longer runs are removed; the data set at ``out`` is never touched (a
+    killed build leaves it as it was). Returns the folders removed.
+    """
+    out = Path(out)
+    prefix = _building_prefix(out)
+    removed = []
+    for tmp in sorted(out.parent.glob(glob.escape(prefix) + "*")):
+        pid = tmp.name[len(prefix) :].split("-", 1)[0]
+        if tmp.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
 def _write(out: Path, arrays: dict[str, np.ndarray], meta: dict, report: str, force: bool) -> None:
     """Write into a hidden folder beside ``out``, then rename it into place: all or nothing."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    remove_stale_builds(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_building_prefix(out)}{os.getpid()}-", dir=out.parent))
     try:
         for key, arr in arrays.items():
             with fileio.atomic_open(tmp / f"{key}.npy") as f:
