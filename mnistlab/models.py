@@ -100,7 +100,8 @@ def lenet5(
 
 def _conv_bn(cin: int, cout: int, pool: bool = False) -> list[nn.Module]:
     # With ``pool``, the 2x2 max-pool comes straight after the convolution, so batch norm and ReLU run on
-    # a quarter of the values; conv → BN → ReLU → pool computes the same function class at 4x their cost.
+    # a quarter of the values. Max-pooling commutes with increasing maps, so this equals conv → BN → ReLU
+    # → pool wherever BN's scale is positive; BN's statistics are then those of the pooled values.
     conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
     return [conv, *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
