@@ -24,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a model. Presets: lesson (the course's MLP, Adam, batch 32, 5 epochs), "
         "fast (same MLP, ≥97.8%% in ~1.5 s), best (CNN, ≥99.6%%). Options override the preset.",
     )
-    p.add_argument("--preset", choices=list(PRESETS), default="fast", help="starting settings (default: fast)")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="fast",
+        help="starting settings (default: fast); best on fashion_mnist trains 7 epochs without augmentation",
+    )
     p.add_argument("--dataset", help="mnist, fashion_mnist, or a data set path (default: mnist)")
     p.add_argument("--data-dir", help="folder holding the data set's IDX files (looked at first)")
     p.add_argument("--model", choices=list(MODELS), help="model preset (default: from --preset)")
