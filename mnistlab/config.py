@@ -141,6 +141,6 @@ def from_preset(name: str, **overrides: object) -> TrainConfig:
     if bad:
         raise ConfigError(f"unknown settings: {', '.join(bad)}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    dataset = str(given.get("dataset", PRESETS[name].get("dataset", "mnist")))
+    dataset = str(given.get("dataset", PRESETS[name].get("dataset", TrainConfig.dataset)))
     values = {**PRESETS[name], **DATASET_PRESETS.get((name, dataset), {}), "preset": name, **given}
     return TrainConfig(**values).validate()

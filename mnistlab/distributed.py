@@ -116,25 +116,22 @@ def current() -> Context | None:
     return _ctx
 
 
-def rank() -> int:
-    """0 for a single process; before ``setup`` (and after ``teardown``) torchrun's ``RANK``."""
-    if _ctx is not None:
-        return _ctx.rank
+def _env_rank_field(index: int, alone: int) -> int:
+    """Field ``index`` of torchrun's ``(RANK, WORLD_SIZE, LOCAL_RANK)``, or ``alone`` outside torchrun."""
     with contextlib.suppress(DistributedError):
         ranks = env_ranks()
         if ranks is not None:
-            return ranks[0]
-    return 0
+            return ranks[index]
+    return alone
+
+
+def rank() -> int:
+    """0 for a single process; before ``setup`` (and after ``teardown``) torchrun's ``RANK``."""
+    return _ctx.rank if _ctx is not None else _env_rank_field(0, alone=0)
 
 
 def world_size() -> int:
-    if _ctx is not None:
-        return _ctx.world_size
-    with contextlib.suppress(DistributedError):
-        ranks = env_ranks()
-        if ranks is not None:
-            return ranks[1]
-    return 1
+    return _ctx.world_size if _ctx is not None else _env_rank_field(1, alone=1)
 
 
 def is_main() -> bool:
