@@ -25,10 +25,16 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)} (have: {', '.join(found)})", file=sys.stderr)
         return 2
+    import torch
+
+    threads = torch.get_num_threads()
     for name in wanted:
         print(f"\n=== {name} ===", flush=True)
         t = time.perf_counter()
-        importlib.import_module(f"benchmarks.bench_{name}").main()
+        try:
+            importlib.import_module(f"benchmarks.bench_{name}").main()
+        finally:  # a benchmark that changes torch's threads must not change the next one's
+            torch.set_num_threads(threads)
         print(f"--- {name}: {time.perf_counter() - t:.0f}s", flush=True)
     return 0
 
