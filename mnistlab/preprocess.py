@@ -28,12 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnistlab.errors import EmptyImageError, ImageError
 
-PIXEL_MAX = 255.0
 # Mean and standard deviation of MNIST training pixels after scaling to 0..1.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -59,33 +57,6 @@ FLAT_BORDER = 0.025
 
 FULL_SIZE = "mnistlab.full_size"  # key in a PIL image's info: its size in the file, when decoded smaller
 ImageSource = Image.Image | np.ndarray | bytes | bytearray | str | os.PathLike
-
-
-def images_to_tensor(x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 images ``(N, H, W)`` or ``(N, H, W, C)`` → float32 ``(N, C, H, W)`` in 0..1.
-
-    Float input is taken as already scaled to 0..1 (the lesson divides by 255 before ``fit``).
-
-    >>> images_to_tensor(np.full((2, 28, 28), 255, np.uint8)).shape
-    torch.Size([2, 1, 28, 28])
-    """
-    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
-    if t.ndim == 2:  # a single image
-        t = t.unsqueeze(0)
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
-        t = t.permute(0, 3, 1, 2)
-    else:
-        if t.ndim != 4:
-            raise ValueError(f"expected images of shape (N, H, W) or (N, H, W, C), got {tuple(t.shape)}")
-    if t.dtype == torch.uint8:
-        return t.to(device=device, dtype=torch.float32).div_(PIXEL_MAX).contiguous()
-    return t.to(device=device, dtype=torch.float32).contiguous()
-
-
-def labels_to_tensor(y: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.as_tensor(np.asarray(y)).to(device=device, dtype=torch.long)
 
 
 # -- reading pictures -------------------------------------------------------------------------------

@@ -17,13 +17,13 @@ from mnistlab.errors import EmptyImageError, ImageError
 from mnistlab.photolike import draw_digit, render_photo
 from mnistlab.preprocess import (
     MAX_PIXELS,
-    images_to_tensor,
     kind_for,
     label_runs,
     prepare_image,
     read_image,
     to_gray,
 )
+from mnistlab.tensors import images_to_tensor
 from tests.conftest import shared_dataset
 
 

@@ -448,7 +448,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def images_to_array(images: np.ndarray) -> np.ndarray:
     """uint8 images ``(N, H, W)`` or ``(N, H, W, C)`` → float32 ``(N, C, H, W)`` in 0..1.
 
-    The NumPy twin of ``mnistlab.preprocess.images_to_tensor`` (which needs torch): the same rule,
+    The NumPy twin of ``mnistlab.tensors.images_to_tensor`` (which needs torch): the same rule,
     ``x / 255``, checked against it by the tests. Float input is taken as already scaled to 0..1.
     """
     x = np.asarray(images)
