@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from mnistlab.devices import DEVICE_CHOICES, valid_device_name
 from mnistlab.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
@@ -66,11 +67,7 @@ class TrainConfig:
             from mnistlab.augment import Augment
 
             Augment.parse(self.augment)
-        need(
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            "device must be auto, cpu or cuda",
-            self.device,
-        )
+        need(valid_device_name(self.device), f"device must be {DEVICE_CHOICES}", self.device)
         need(
             self.threads >= 0 and self.save_every >= 0,
             "threads and save_every must be ≥ 0",

@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, faults, fileio
 from mnistlab.config import OPTIMIZERS, SCHEDULES
+from mnistlab.devices import pick_device
 from mnistlab.errors import CheckpointError, ConfigError, DistributedError, MnistlabError
 from mnistlab.lean import LeanMLP
 from mnistlab.preprocess import images_to_tensor, labels_to_tensor
@@ -95,14 +96,6 @@ class History:
 
     def __repr__(self) -> str:
         return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here (use --device cpu)")
-    return torch.device(device)
 
 
 def lr_at(step: int, total: int, base: float, schedule: str, warmup: float = 0.25) -> float:

@@ -21,7 +21,8 @@ from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, fileio
 from mnistlab.config import TrainConfig
 from mnistlab.datasets import Dataset, load
-from mnistlab.engine import ACC, Trainer, TrainingInterrupted, pick_device, predict_logits
+from mnistlab.devices import pick_device
+from mnistlab.engine import ACC, Trainer, TrainingInterrupted, predict_logits
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.models import build_model, summary
 from mnistlab.preprocess import images_to_tensor, labels_to_tensor
