@@ -64,3 +64,10 @@ def pick_device(device: str = "auto", *, mps: bool = True) -> torch.device:
         if not mps_available():
             raise ConfigError("device 'mps' asked for, but MPS (Apple GPU) is not available here (use --device cpu)")
     return torch.device(device)
+
+
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of running metric sums: float64, except on MPS, which has no float64 (float32 there)."""
+    import torch
+
+    return torch.float32 if device.type == "mps" else torch.float64

@@ -102,3 +102,10 @@ def test_cli_help_lists_mps() -> None:
     r = run_cli("train", "--help")
     assert r.returncode == 0
     assert "mps" in r.stdout
+
+
+def test_metric_sums_avoid_float64_on_mps_only() -> None:
+    # MPS has no float64: the engine's running sums use float32 there, float64 everywhere else.
+    assert devices.accumulator_dtype(torch.device("mps")) == torch.float32
+    assert devices.accumulator_dtype(torch.device("cpu")) == torch.float64
+    assert devices.accumulator_dtype(torch.device("cuda", 0)) == torch.float64
