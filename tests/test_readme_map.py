@@ -93,3 +93,13 @@ def test_map_covers_every_lesson_line(readme: str) -> None:
 def test_each_readme_links_to_the_other() -> None:
     assert "(README.zh.md)" in (ROOT / "README.md").read_text(encoding="utf-8").split("\n## ")[0]
     assert "(README.md)" in (ROOT / "README.zh.md").read_text(encoding="utf-8").split("\n## ")[0]
+
+
+def test_the_chinese_readme_translates_every_section_in_order() -> None:
+    # README.zh.md marks each heading with the English one it translates: <!-- en: ## The Python API -->.
+    en = re.findall(r"^(#{2,3} .+)$", (ROOT / "README.md").read_text(encoding="utf-8"), re.M)
+    zh = (ROOT / "README.zh.md").read_text(encoding="utf-8")
+    marked = re.findall(r"^<!-- en: (#{2,3} .+) -->\n#{2,3} \S", zh, re.M)
+    missing = [h for h in en if h not in marked]
+    assert not missing, f"README.zh.md has no translation of {missing} (add it under <!-- en: HEADING -->)"
+    assert marked == en, "README.zh.md's sections are not in README.md's order"
