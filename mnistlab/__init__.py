@@ -7,10 +7,10 @@ Layers: a module imports only from its own layer or below, never in a cycle, and
 inside functions too (``tests/test_layers.py`` enforces it):
 
 0. ``errors``: the typed exceptions.
-1. ``fileio``, ``faults``, ``config``, ``metrics``, ``progress`` (and ``datasets.specs``): files, settings,
-   metric names and the history; no torch.
-2. ``tensors``, ``models``, ``lean``, ``inference``, ``augment``, ``imaging``, ``preprocess``, ``photolike``,
-   ``devices``: arrays to tensors, networks, batch inference, augmentation, pictures.
+1. ``fileio``, ``faults``, ``config``, ``metrics``, ``progress``, ``devices`` (and ``datasets.specs``): files,
+   settings, metric names and the history, device choice; no torch at import.
+2. ``tensors``, ``models``, ``lean``, ``inference``, ``augment``, ``imaging``, ``preprocess``, ``photolike``:
+   arrays to tensors, networks, batch inference, augmentation, pictures.
 3. ``checkpoint``, ``datasets``, ``distributed``: saving and loading, data sets, torchrun.
 4. ``engine``, ``callbacks``: the training loop.
 5. ``runs``, ``analysis``, ``plots``, ``report``, ``predict``, ``export``, ``interop``: what users do with a run.

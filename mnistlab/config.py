@@ -7,6 +7,7 @@ import math
 import warnings
 from dataclasses import dataclass, field, fields
 
+from mnistlab.devices import DEVICE_CHOICES, valid_device_name
 from mnistlab.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
@@ -211,11 +212,7 @@ class TrainConfig:
         need(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16", self.precision)
         if self.augment:  # fail before any data is loaded
             AugmentSpec.parse(self.augment)
-        need(
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            "device must be auto, cpu or cuda",
-            self.device,
-        )
+        need(valid_device_name(self.device), f"device must be {DEVICE_CHOICES}", self.device)
         need(
             self.threads >= 0 and self.save_every >= 0,
             "threads and save_every must be ≥ 0",

@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, faults
 from mnistlab.config import OPTIMIZERS, SCHEDULES
+from mnistlab.devices import accumulator_dtype, pick_device
 from mnistlab.errors import CheckpointError, ConfigError, DistributedError, MnistlabError
 from mnistlab.inference import autocast, predict_logits, predict_proba
 from mnistlab.lean import LeanMLP
@@ -63,14 +64,6 @@ class TrainingInterrupted(MnistlabError):
     """Training stopped on SIGINT after saving ``last``; the message holds the resume command."""
 
     exit_code = 130
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here (use --device cpu)")
-    return torch.device(device)
 
 
 def lr_at(step: int, total: int, base: float, schedule: str, warmup: float = 0.25) -> float:
@@ -284,6 +277,7 @@ class Trainer:
             fingerprint["world_size"] = world
 
         g_shuffle = torch.Generator().manual_seed(self.seed)
+        acc = accumulator_dtype(self.device)  # float64 sums, but MPS has no float64
         # Each rank augments its own images with its own stream; rank 0's is a single process's.
         g_aug = torch.Generator(device=self.device).manual_seed(self.seed + 1 + (rank << 32))
         state = {
@@ -347,7 +341,7 @@ class Trainer:
                     print(f"Epoch {epoch + 1}/{epochs}", file=self.stream, flush=True)
                 bar = Progbar(steps_per_epoch, stream=self.stream, enabled=bool(verbose))
                 t0 = time.perf_counter()
-                sums = state["sums"].to(self.device)  # loss sum, correct count, samples seen
+                sums = state["sums"].to(self.device, acc)  # loss sum, correct count, samples seen
                 for step in range(state["step"], steps_per_epoch):
                     idx = perm[step * batch_size : (step + 1) * batch_size]
                     if ddp is not None:  # this rank's slice of the global batch
@@ -363,14 +357,14 @@ class Trainer:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     if lean is not None:
                         logits, loss = lean.step(xb, yb)
-                        loss_sum = loss.double() * len(yb)
+                        loss_sum = loss.to(acc) * len(yb)
                         self.optimizer.step()
                     else:
                         with autocast(self.device, self.precision):
                             logits = net(xb).float()
                             if ddp is None:
                                 loss = self.loss_fn(logits, yb)
-                                loss_sum = loss.detach().double() * len(yb)
+                                loss_sum = loss.detach().to(acc) * len(yb)
                             else:
                                 # DDP averages gradients over ranks; scaled so, the average is the gradient of the
                                 # global batch's mean loss, as one process computes it, even for an uneven last batch.
@@ -384,7 +378,7 @@ class Trainer:
                         self.optimizer.step()
                     with torch.no_grad():
                         sums += torch.stack(
-                            (loss_sum, (logits.argmax(1) == yb).sum().double(), torch.tensor(float(len(yb)), dtype=torch.float64, device=sums.device))
+                            (loss_sum, (logits.argmax(1) == yb).sum().to(acc), torch.tensor(float(len(yb)), dtype=acc, device=sums.device))
                         )  # fmt: skip
                     state["global_step"] += 1
                     state["step"] = step + 1

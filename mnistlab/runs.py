@@ -22,7 +22,8 @@ from mnistlab import distributed, fileio
 from mnistlab.config import TrainConfig
 from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
-from mnistlab.engine import Trainer, TrainingInterrupted, pick_device
+from mnistlab.devices import pick_device
+from mnistlab.engine import Trainer, TrainingInterrupted
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.inference import predict_logits
 from mnistlab.metrics import ACC

@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "mnistlab.imaging": 2,
     "mnistlab.preprocess": 2,
     "mnistlab.photolike": 2,
-    "mnistlab.devices": 2,
+    "mnistlab.devices": 1,
     "mnistlab.checkpoint": 3,
     "mnistlab.datasets": 3,
     "mnistlab.datasets.specs": 1,  # the data sets' facts (names, classes, digests): plain data

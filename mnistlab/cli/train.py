@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and on GPUs); weights stay float32 (default: from --preset)",
     )
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same numbers (default: 0)")
-    p.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--device", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--threads", type=int, help="torch threads, 0 = torch's choice (default: 0)")
     p.add_argument("--validation-freq", type=int, help="validate every N epochs (default: 1)")
     p.add_argument("--save-every", type=int, help="also save 'last' every N steps (default: 0, per epoch only)")
