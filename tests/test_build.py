@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from mnistlab.cli import main
+from mnistlab import imaging
 from mnistlab.datasets import build as B
-from mnistlab.datasets import load, load_data
+from mnistlab.datasets import decoding, load, load_data
 from mnistlab.datasets.build import BuildError, ImageOptions, build_dataset, decode_image
 from mnistlab.errors import DatasetError, ImageError
 from tests.conftest import run_cli
@@ -257,19 +258,20 @@ def test_jpeg_fast_path_matches_pillow(mnist_arrays, mode, progressive):
         img.save(buf, "JPEG", quality=80, progressive=progressive)
         data = buf.getvalue()
         for color in ("gray", "rgb"):
-            opts = ImageOptions(color=color)
-            fast = B._jpeg_fast(data, opts)
+            fast = imaging._jpeg_fast(data, color, (28, 28))
             assert fast is not None
-            np.testing.assert_array_equal(fast, B._decode_pil(data, opts))
+            general = np.asarray(imaging.flatten(imaging.open_image(data, size=(28, 28)), color))
+            np.testing.assert_array_equal(fast, general)
+            np.testing.assert_array_equal(imaging.decode(data, color, size=(28, 28)), general)
 
 
 def test_parallel_decoding_equals_serial(course_jpg, monkeypatch, tmp_path):
     folder = course_jpg / f"mnist_train_jpg_{N_TRAIN}"
     paths = sorted(str(p) for p in folder.iterdir()) + [str(folder / "missing.jpg")]
-    serial, failed_s = B.decode_all(paths, ImageOptions(), workers=1, progress=False)
-    monkeypatch.setattr(B, "_POOL_MIN", 10)
+    serial, failed_s = decoding.decode_all(paths, ImageOptions(), workers=1, progress=False)
+    monkeypatch.setattr(decoding, "_POOL_MIN", 10)
     seen = []
-    parallel, failed_p = B.decode_all(paths, ImageOptions(), workers=2, progress=False, on_chunk=seen.append)
+    parallel, failed_p = decoding.decode_all(paths, ImageOptions(), workers=2, progress=False, on_chunk=seen.append)
     np.testing.assert_array_equal(serial, parallel)
     assert failed_s == failed_p and list(failed_p) == [len(paths) - 1] and "missing file" in failed_p[len(paths) - 1]
     assert seen[-1] == len(paths)
