@@ -122,11 +122,11 @@ def check_pixels(size: tuple[int, int], where: str, max_pixels: int = MAX_PIXELS
     if w * h > max_pixels:
         raise refusal(
             where,
-            f"image too large: {w}x{h} pixels ({w * h / 1e6:.1f} megapixels; the limit is "
+            f"image too large: {w}×{h} pixels ({w * h / 1e6:.1f} megapixels; the limit is "
             f"{max_pixels / 1e6:.1f}, against decompression bombs)",
         )
     if w < 1 or h < 1:
-        raise refusal(where, f"image has no pixels ({w}x{h})")
+        raise refusal(where, f"image has no pixels ({w}×{h})")
 
 
 def open_image(

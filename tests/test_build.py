@@ -419,7 +419,7 @@ def test_decode_image_errors(tmp_path):
     with pytest.raises(ImageError, match="x.png: not an image"):
         decode_image(tmp_path / "x.png")
     (tmp_path / "big.png").write_bytes(png_header_only(200, 200))
-    with pytest.raises(ImageError, match="too large: 200x200"):
+    with pytest.raises(ImageError, match="too large: 200×200"):
         decode_image(tmp_path / "big.png", ImageOptions(max_pixels=10_000))
 
 

@@ -105,7 +105,7 @@ def test_one_limit_everywhere(tricky, tmp_path) -> None:
     with pytest.raises(ImageError) as info:
         imaging.decode(tmp_path / "small_bomb.png")
     assert str(info.value).endswith(
-        "6400x6400 pixels (41.0 megapixels; the limit is 40.0, against decompression bombs)"
+        "6400×6400 pixels (41.0 megapixels; the limit is 40.0, against decompression bombs)"
     )
     assert imaging.decode(_png(np.zeros((10, 20), np.uint8))).shape == (10, 20)
 

@@ -691,11 +691,11 @@ def decode_image(
     w, h = im.size
     if w * h > max_pixels:
         raise ImageFileError(
-            f"{where}: image too large: {w}x{h} pixels ({w * h / 1e6:.1f} megapixels; the limit is "
+            f"{where}: image too large: {w}×{h} pixels ({w * h / 1e6:.1f} megapixels; the limit is "
             f"{max_pixels / 1e6:.1f}, against decompression bombs)"
         )
     if w < 1 or h < 1:
-        raise ImageFileError(f"{where}: image has no pixels ({w}x{h})")
+        raise ImageFileError(f"{where}: image has no pixels ({w}×{h})")
 
     def orientation(im: Image.Image) -> int:
         try:
