@@ -23,22 +23,21 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from mnistlab import imaging
 from mnistlab.errors import EmptyImageError, ImageError
+from mnistlab.imaging import FULL_SIZE, ImageSource, to_gray  # to_gray and ImageSource: predict and web use them
 
 # Mean and standard deviation of MNIST training pixels after scaling to 0..1.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
 KINDS = ("digit", "fashion", "plain")
-# Larger pictures are refused before decoding: a 100 KB PNG can claim 50,000 × 50,000 pixels.
-MAX_PIXELS = 40_000_000
 # Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
 WORK_SIDE = 384
 # MNIST's recipe: the digit fills a 20×20 box, its centre of mass at pixel (14, 14) of 28×28
@@ -55,9 +54,6 @@ STRONG_INK = 11.5
 # a clean scan, an MNIST image. Photos of paper spread more (noise, texture, light), and get an estimate.
 FLAT_BORDER = 0.025
 
-FULL_SIZE = "mnistlab.full_size"  # key in a PIL image's info: its size in the file, when decoded smaller
-ImageSource = Image.Image | np.ndarray | bytes | bytearray | str | os.PathLike
-
 
 # -- reading pictures -------------------------------------------------------------------------------
 
@@ -65,116 +61,15 @@ ImageSource = Image.Image | np.ndarray | bytes | bytearray | str | os.PathLike
 def read_image(src: ImageSource, name: str | None = None) -> Image.Image:
     """Decode a path, encoded bytes, an array or a PIL image into a loaded PIL image, upright (EXIF).
 
-    Refuses what is not an image, truncated files and decompression bombs with ``ImageError`` naming
-    ``name`` (or the path).
+    The one safe decoder, :func:`mnistlab.imaging.open_image`: not-images, truncated files, decompression
+    bombs, folders, FIFOs and devices are refused with ``ImageError`` naming ``name`` (or the path); a
+    big JPEG is decoded at a scale still larger than the working size (its size in the file is then in
+    ``info[FULL_SIZE]``).
 
     >>> read_image(np.zeros((5, 7), np.uint8)).size
     (7, 5)
     """
-    if isinstance(src, Image.Image):
-        _check_pixels(src.size, name or "image")
-        return src
-    if isinstance(src, np.ndarray):
-        return _from_array(src, name or "array")
-    if isinstance(src, bytes | bytearray):
-        where = name or "image data"
-        if not src:
-            raise ImageError(f"{where}: empty file (0 bytes)")
-        return _decode(io.BytesIO(bytes(src)), where)
-    if isinstance(src, str | os.PathLike):
-        path = Path(src)
-        where = name or str(path)
-        if not path.exists():
-            raise ImageError(f"{where}: no such file")
-        if path.is_dir():
-            raise ImageError(f"{where}: is a folder, not an image")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ImageError(f"{where}: cannot read ({e.strerror or e})") from None
-        if not data:
-            raise ImageError(f"{where}: empty file (0 bytes)")
-        return _decode(io.BytesIO(data), where)
-    raise ImageError(f"{name or 'input'}: cannot read an image from a {type(src).__name__}")
-
-
-def _check_pixels(size: tuple[int, int], where: str) -> None:
-    w, h = size
-    if w * h > MAX_PIXELS:
-        raise ImageError(
-            f"{where}: image too large ({w}×{h} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels)"
-        )
-    if w < 1 or h < 1:
-        raise ImageError(f"{where}: image has no pixels ({w}×{h})")
-
-
-def _decode(f: io.BytesIO, where: str) -> Image.Image:
-    with warnings.catch_warnings():
-        # PIL only warns between 89 and 179 megapixels; a warning there is a refusal here.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(f)
-            _check_pixels(im.size, where)  # from the header, before any pixel is decoded
-            full = im.size
-            if im.format == "JPEG":
-                # Let the JPEG decoder scale down by 2/4/8 while decoding: much faster for photos.
-                im.draft(im.mode, (WORK_SIDE, WORK_SIDE))
-            im.load()
-            im = ImageOps.exif_transpose(im) or im  # phone photos store "rotate me" in EXIF
-            if im.size != full:  # remember the real size, so boxes are reported in its pixels
-                turned = (im.width > im.height) != (full[0] > full[1])
-                im.info[FULL_SIZE] = full[::-1] if turned else full
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{where}: image too large (a decompression bomb?)") from None
-        except UnidentifiedImageError:
-            raise ImageError(f"{where}: not an image (PNG, JPEG, GIF, BMP, WebP, TIFF are read)") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise ImageError(
-                f"{where}: unreadable image ({str(e) or type(e).__name__}; truncated or corrupt?)"
-            ) from None
-    return im
-
-
-def _from_array(a: np.ndarray, where: str) -> Image.Image:
-    a = np.asarray(a)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise ImageError(f"{where}: expected an array (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}")
-    _check_pixels((a.shape[1], a.shape[0]), where)
-    if a.dtype != np.uint8:
-        a = np.asarray(a, dtype=np.float64)
-        if not np.isfinite(a).all():
-            raise ImageError(f"{where}: array holds NaN or infinity")
-        scale = 255.0 if a.size and a.max() <= 1.0 else 1.0  # floats in 0..1, or 0..255
-        a = np.clip(a * scale, 0, 255).round().astype(np.uint8)
-    return Image.fromarray(a, {2: "L", 3: "RGB", 4: "RGBA"}[a.ndim if a.ndim == 2 else a.shape[-1]])
-
-
-def to_gray(im: Image.Image) -> np.ndarray:
-    """Luma as float32 0..1 (1 = white), transparent parts flattened onto white (a drawing's paper)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        top = 65535.0 if a.max(initial=0) > 255 else 255.0 if a.max(initial=0) > 1 else 1.0
-        return np.clip(a / top, 0, 1)
-    if im.mode == "1":
-        im = im.convert("L")
-    if im.mode == "P" or (im.mode in ("L", "RGB") and "transparency" in im.info):
-        im = im.convert("RGBA")
-    if im.mode in ("LA", "PA", "La"):
-        im = im.convert("RGBA")
-    if im.mode == "RGBa":
-        im = im.convert("RGBA")
-    if im.mode not in ("L", "RGB", "RGBA"):
-        im = im.convert("RGB")
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    if im.mode == "L":
-        return a
-    gray = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-    if im.mode == "RGBA":
-        alpha = a[..., 3]
-        gray = gray * alpha + (1.0 - alpha)
-    return gray.astype(np.float32)
+    return imaging.open_image(src, name, size=(WORK_SIDE, WORK_SIDE))
 
 
 # -- the prepared input --------------------------------------------------------------------------

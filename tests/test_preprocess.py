@@ -14,9 +14,9 @@ from PIL import Image
 
 from mnistlab.datasets import load, mnist
 from mnistlab.errors import EmptyImageError, ImageError
+from mnistlab.imaging import MAX_PIXELS
 from mnistlab.photolike import draw_digit, render_photo
 from mnistlab.preprocess import (
-    MAX_PIXELS,
     kind_for,
     label_runs,
     prepare_image,

@@ -38,6 +38,7 @@ import io
 import json
 import math
 import os
+import stat
 import struct
 import sys
 import zipfile
@@ -606,22 +607,135 @@ class NumpyModel:
         return np.concatenate([softmax(self.forward(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
+# -- reading image files: a copy of mnistlab.imaging's rules (tests/test_imaging.py keeps them equal) --
+
+try:
+    from mnistlab.errors import ImageError as _ImageErrorBase
+except ImportError:  # copied alone to a machine without mnistlab
+    _ImageErrorBase = ValueError  # type: ignore[assignment,misc]
+
+
+class ImageFileError(_ImageErrorBase):
+    """An image file that cannot be used: not a regular file, not an image, or too large."""
+
+
+MAX_PIXELS = 40_000_000  # refused before decoding: a 100 KB PNG can claim 50,000 x 50,000 pixels
+
+
+def read_image_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file (FIFOs, devices and folders are refused before they are opened)."""
+    where = str(path)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageFileError(f"{where}: no such file") from None
+    except OSError as e:
+        raise ImageFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    _check_file_type(st.st_mode, where)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise ImageFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    try:
+        _check_file_type(os.fstat(fd).st_mode, where)
+        parts = []
+        while chunk := os.read(fd, 1 << 20):
+            parts.append(chunk)
+    except OSError as e:
+        raise ImageFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if not parts:
+        raise ImageFileError(f"{where}: empty file (0 bytes)")
+    return b"".join(parts)
+
+
+def _check_file_type(mode: int, where: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise ImageFileError(f"{where}: is a folder, not an image")
+    what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        raise ImageFileError(f"{where}: not a regular file ({what}); only image files are read")
+    raise ImageFileError(f"{where}: not a regular file (a special file); only image files are read")
+
+
+def decode_image(
+    path: str | os.PathLike[str], color: str = "gray", size: Sequence[int] | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """An image file → uint8 ``(H, W)`` (gray) or ``(H, W, 3)``, upright (EXIF), not resized (needs Pillow).
+
+    Transparency is flattened onto white, palettes and CMYK become RGB, 16-bit values are scaled to
+    0..255, gray is Pillow's ``L`` of that RGB. ``size`` (width, height) lets a big JPEG be decoded at
+    1/2, 1/4 or 1/8 scale, never below it. Pictures over ``max_pixels`` are refused from their header.
+    """
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    where = str(path)
+    data = read_image_file(path)
+    unreadable = "unreadable image ({}; truncated or corrupt?)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            msg = "not an image, or a corrupt one (PNG, JPEG, GIF, BMP, WebP, TIFF are read)"
+            raise ImageFileError(f"{where}: {msg}") from None
+        except Image.DecompressionBombError as e:
+            raise ImageFileError(f"{where}: image too large: {e}") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise ImageFileError(f"{where}: " + unreadable.format(str(e) or type(e).__name__)) from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageFileError(
+            f"{where}: image too large: {w}×{h} pixels ({w * h / 1e6:.1f} megapixels; the limit is "
+            f"{max_pixels / 1e6:.1f}, against decompression bombs)"
+        )
+    if w < 1 or h < 1:
+        raise ImageFileError(f"{where}: image has no pixels ({w}×{h})")
+
+    def orientation(im: Image.Image) -> int:
+        try:
+            o = int(im.getexif().get(0x0112, 1))
+        except Exception:  # a corrupt EXIF block is ignored
+            return 1
+        return o if 1 <= o <= 8 else 1
+
+    try:
+        if size is not None and im.format == "JPEG":
+            turned = orientation(im) in (5, 6, 7, 8)
+            im.draft(im.mode, tuple(size[::-1]) if turned else tuple(size))
+        im.load()
+        if orientation(im) != 1:
+            im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            a = np.asarray(im).astype(np.int64)
+            im = Image.fromarray(((np.clip(a, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8), "L")
+        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        mode = "L" if color == "gray" else "RGB"
+        return np.asarray(im if im.mode == mode else im.convert(mode))
+    except Image.DecompressionBombError as e:
+        raise ImageFileError(f"{where}: image too large: {e}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageFileError(f"{where}: " + unreadable.format(str(e) or type(e).__name__)) from None
+
+
 def load_image(path: str | os.PathLike[str], in_shape: Sequence[int], invert: bool = False) -> np.ndarray:
     """An image file → uint8 ``(H, W)`` (gray) or ``(H, W, 3)``, resized to the network's input (needs Pillow).
 
     MNIST digits are white on black; pass ``invert=True`` for a dark digit on white paper.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     c, h, w = in_shape
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            x = np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-        raise WeightsError(f"{path}: not a readable image ({getattr(e, 'strerror', None) or e})") from None
+    x = decode_image(path, "gray" if c == 1 else "rgb", size=(w, h))
+    if x.shape[:2] != (h, w):
+        x = np.asarray(Image.fromarray(x).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
     return 255 - x if invert else x
 
 
@@ -648,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         if not batches:
             p.error("give image files or --npy")
         probs = net.predict(np.concatenate(batches))
-    except (WeightsError, OSError, ValueError) as e:
+    except (WeightsError, ImageFileError, OSError, ValueError) as e:
         print(f"numpy_infer: error: {e}", file=sys.stderr)
         return 2
     classes = net.class_names or [str(i) for i in range(probs.shape[1])]
