@@ -1,0 +1,446 @@
+"""Keras models → mnistlab models: the layers translated to PyTorch, the weights moved across exactly.
+
+Keras works channels-last (``(N, H, W, C)``, a Dense kernel ``(in, out)``, a Conv2D kernel
+``(kh, kw, in, out)``) and mnistlab channels-first, so kernels are transposed and a Dense layer right
+after a Flatten of an image has its input rows reordered from ``(H, W, C)`` to ``(C, H, W)``. A final
+softmax is folded into the model's output (mnistlab models return logits; ``predict`` applies the
+softmax), so probabilities match Keras's. Dropout does nothing at inference and is left out.
+
+A Keras MLP shaped like the lesson's (optionally with a one-number Normalization in front) becomes the
+``mlp`` preset itself, so it trains with the fast hand-written step; anything else becomes a
+``sequential`` model whose layers are listed in the checkpoint.
+
+>>> import_keras("model.keras", "runs/from-keras")       # doctest: +SKIP
+imported model.keras (Keras Sequential, 7 layers) as mlp into runs/from-keras: ...
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnistlab.errors import CheckpointError, ConfigError
+from mnistlab.export.numpy_infer import from_keras
+from mnistlab.interop import keras_files as kf
+
+SUPPORTED = (
+    "Input/InputLayer, Flatten, Reshape, Dense (relu, softmax, linear), Activation/ReLU/Softmax, Conv2D, "
+    "MaxPooling2D, AveragePooling2D, BatchNormalization, Dropout, Normalization, Rescaling"
+)
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): Normalization divides by max(sqrt(variance), this)
+PIXELS = ("auto", "0-1", "0-255")
+
+
+@dataclass
+class Converted:
+    """A Keras model in mnistlab terms: the model spec and its state dict."""
+
+    spec: dict
+    state: dict[str, torch.Tensor]
+    notes: list[str] = field(default_factory=list)
+
+
+class _Builder:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.layers: list[dict] = []
+        self.state: dict[str, torch.Tensor] = {}
+        self.notes: list[str] = []
+
+    def add(self, layer: dict, **tensors: np.ndarray) -> None:
+        i = len(self.layers)
+        self.layers.append(layer)
+        for role, a in tensors.items():
+            self.state[f"{i}.{role}"] = torch.from_numpy(np.array(a, dtype=np.float32, order="C"))
+
+    def fail(self, layer: kf.KerasLayer, why: str) -> CheckpointError:
+        return CheckpointError(f"{self.source}: layer {layer.name!r} ({layer.kind}): {why}")
+
+
+def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A Keras per-sample shape as mnistlab's tensors hold it: (H, W, C) → (C, H, W); (H, W) → (1, H, W)."""
+    if len(shape) == 3:
+        return (shape[2], shape[0], shape[1])
+    if len(shape) == 2:
+        return (1, *shape)
+    return shape
+
+
+def _activation(value: object) -> str:
+    if isinstance(value, dict):  # {"class_name": "function", "config": "relu"} or similar
+        cfg = value.get("config")
+        value = cfg if isinstance(cfg, str) else (cfg or {}).get("name", value.get("class_name"))
+    return str(value or "linear").lower()
+
+
+def _pair(v: object) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))  # type: ignore[index]
+
+
+def _same_padding(size: int, k: int, s: int) -> int | None:
+    """TensorFlow's 'same' padding of one axis as a symmetric pad, or None when it pads unevenly."""
+    total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+    return total // 2 if total % 2 == 0 else None
+
+
+def convert(
+    model: kf.KerasModel,
+    in_chw: tuple[int, int, int],
+    num_classes: int,
+    pixels: str = "auto",
+) -> Converted:
+    """Translate a Keras ``Sequential`` (layers + weights) into a mnistlab model spec and state dict.
+
+    ``in_chw`` is the data set's image shape; ``pixels`` says what the Keras model was fed: ``0-1``
+    (``x / 255``, as the lesson does), ``0-255`` (raw pixels), or ``auto`` (``0-255`` when the first layer is
+    a Rescaling that shrinks, else ``0-1``).
+    """
+    if pixels not in PIXELS:
+        raise ConfigError(f"pixels must be one of {', '.join(PIXELS)}, got {pixels!r}")
+    b = _Builder(model.source)
+    c, h, w = in_chw
+    shape: tuple[int, ...] = model.input_shape or ((h, w) if c == 1 else (h, w, c))
+    if math.prod(shape) != c * h * w:
+        raise CheckpointError(
+            f"{model.source}: the Keras model takes inputs of shape {shape}, the data set's images are {(h, w, c)}"
+        )
+    first = model.layers[0] if model.layers else None
+    if pixels == "auto":
+        shrinks = first is not None and first.kind == "Rescaling" and abs(float(first.config.get("scale", 1))) < 0.1
+        pixels = "0-255" if shrinks else "0-1"
+    scale_in = 255.0 if pixels == "0-255" else 1.0  # mnistlab feeds x / 255; undo it for a raw-pixel model
+    if len(shape) == 1:
+        b.add({"op": "flatten"})
+    softmax_at: str | None = None
+    flat_from: tuple[int, ...] | None = None
+    for layer in model.layers:
+        kind, cfg, wts = layer.kind, layer.config, layer.weights
+        if softmax_at and kind != "Dropout":
+            raise b.fail(layer, f"comes after the softmax of {softmax_at!r}; only a final softmax can be folded")
+        act = None
+        if kind == "Rescaling":
+            s, o = cfg.get("scale", 1.0), cfg.get("offset", 0.0)
+            if not all(isinstance(v, int | float) for v in (s, o)):
+                raise b.fail(layer, "only one scale and offset for all channels are supported")
+            s, o = float(s) * scale_in, float(o)
+            scale_in = 1.0
+            if s == 0:
+                raise b.fail(layer, "scale 0 makes every input the same")
+            if (s, o) != (1.0, 0.0):  # x * s + o == (x - (-o / s)) / (1 / s)
+                b.add({"op": "standardize", "mean": float(np.float32(-o / s)), "std": float(np.float32(1 / s))},
+                      mean=np.float32(-o / s), std=np.float32(1 / s))  # fmt: skip
+        elif kind == "Normalization":
+            if cfg.get("invert"):
+                raise b.fail(layer, "invert=True (de-normalisation) is not supported")
+            mean, var = (wts[0], wts[1]) if len(wts) >= 2 else (cfg.get("mean"), cfg.get("variance"))
+            if mean is None or var is None:
+                raise b.fail(layer, "has no mean and variance (neither adapted nor given)")
+            mean, var = np.asarray(mean, np.float32).reshape(-1), np.asarray(var, np.float32).reshape(-1)
+            std = np.maximum(np.sqrt(var), np.float32(KERAS_EPSILON))
+            if scale_in != 1.0:  # a raw-pixel model normalises 0..255 values: fold the factor in
+                mean, std = mean / np.float32(scale_in), std / np.float32(scale_in)
+                scale_in = 1.0
+            if mean.size == 1:
+                b.add({"op": "standardize", "mean": float(mean[0]), "std": float(std[0])}, mean=mean[0], std=std[0])
+            elif len(shape) == 3 and mean.size == shape[2]:
+                b.add({"op": "channel_standardize", "channels": int(mean.size)},
+                      mean=mean.reshape(-1, 1, 1), std=std.reshape(-1, 1, 1))  # fmt: skip
+            else:
+                raise b.fail(layer, f"{mean.size} means for inputs of shape {shape}: only one, or one per channel")
+        elif kind == "Flatten":
+            if len(shape) == 3:
+                flat_from = _torch_shape(shape)
+            if len(shape) > 1:
+                b.add({"op": "flatten"})
+            shape = (math.prod(shape),)
+            continue  # keep flat_from for the Dense that follows
+        elif kind == "Reshape":
+            target = tuple(int(d) for d in cfg.get("target_shape", ()))
+            if -1 in target:
+                known = math.prod(d for d in target if d != -1)
+                target = tuple(math.prod(shape) // known if d == -1 else d for d in target)
+            if math.prod(target) != math.prod(shape):
+                raise b.fail(layer, f"cannot reshape {shape} to {target}")
+            moves_channels = (len(shape) == 3 and shape[2] > 1) or (len(target) == 3 and target[2] > 1)
+            if moves_channels and shape != target:
+                raise b.fail(layer, "a Reshape of multi-channel images is not supported")
+            if _torch_shape(target) != _torch_shape(shape):
+                b.add({"op": "reshape", "shape": list(_torch_shape(target))})
+            shape = target
+        elif kind == "Dense":
+            if len(shape) != 1:
+                raise b.fail(layer, f"Dense on inputs of shape {shape} (each row separately) is not supported; "
+                                    "put a Flatten before it")  # fmt: skip
+            if not wts:
+                raise b.fail(layer, "no weights found for it")
+            kernel = wts[0]
+            if kernel.shape[0] != shape[0]:
+                raise b.fail(layer, f"kernel {kernel.shape} does not fit inputs of size {shape[0]}")
+            arrays = {"kernel": kernel, **({"bias": wts[1]} if len(wts) > 1 else {})}
+            t = from_keras("linear", arrays, flat_from)
+            b.add({"op": "linear", "in_features": int(kernel.shape[0]), "out_features": int(kernel.shape[1]),
+                   "bias": "bias" in t}, **t)  # fmt: skip
+            shape = (int(kernel.shape[1]),)
+            act = _activation(cfg.get("activation"))
+        elif kind == "Conv2D":
+            if len(shape) != 3:
+                raise b.fail(layer, f"Conv2D needs (height, width, channels) inputs, got {shape}; add a Reshape")
+            if cfg.get("data_format", "channels_last") != "channels_last" or _pair(cfg.get("dilation_rate", 1)) != (1, 1) \
+                    or cfg.get("groups", 1) != 1:  # fmt: skip
+                raise b.fail(layer, "only channels_last, dilation 1 and groups 1 are supported")
+            kernel = wts[0] if wts else None
+            if kernel is None or kernel.ndim != 4 or kernel.shape[2] != shape[2]:
+                raise b.fail(layer, f"kernel {None if kernel is None else kernel.shape} does not fit inputs {shape}")
+            (kh, kw), (sh, sw) = kernel.shape[:2], _pair(cfg.get("strides", 1))
+            if cfg.get("padding", "valid") == "same":
+                pads = (_same_padding(shape[0], kh, sh), _same_padding(shape[1], kw, sw))
+                if None in pads:
+                    raise b.fail(layer, "'same' padding that pads one side more than the other is not supported")
+                out_hw = (math.ceil(shape[0] / sh), math.ceil(shape[1] / sw))
+            else:
+                pads = (0, 0)
+                out_hw = ((shape[0] - kh) // sh + 1, (shape[1] - kw) // sw + 1)
+            arrays = {"kernel": kernel, **({"bias": wts[1]} if len(wts) > 1 else {})}
+            t = from_keras("conv2d", arrays)
+            b.add({"op": "conv2d", "in_channels": int(kernel.shape[2]), "out_channels": int(kernel.shape[3]),
+                   "kernel_size": [int(kh), int(kw)], "stride": [sh, sw], "padding": list(pads), "bias": "bias" in t},
+                  **t)  # fmt: skip
+            shape = (*out_hw, int(kernel.shape[3]))
+            act = _activation(cfg.get("activation"))
+        elif kind in ("MaxPooling2D", "AveragePooling2D"):
+            if len(shape) != 3 or cfg.get("data_format", "channels_last") != "channels_last":
+                raise b.fail(layer, f"needs channels_last (height, width, channels) inputs, got {shape}")
+            (kh, kw) = _pair(cfg.get("pool_size", 2))
+            (sh, sw) = _pair(cfg.get("strides") or (kh, kw))
+            if cfg.get("padding", "valid") == "same":
+                pads = (_same_padding(shape[0], kh, sh), _same_padding(shape[1], kw, sw))
+                if None in pads or any(p > k // 2 for p, k in zip(pads, (kh, kw), strict=True)):  # type: ignore[operator]
+                    raise b.fail(layer, "'same' padding that pads one side more than the other is not supported")
+                out_hw = (math.ceil(shape[0] / sh), math.ceil(shape[1] / sw))
+            else:
+                pads = (0, 0)
+                out_hw = ((shape[0] - kh) // sh + 1, (shape[1] - kw) // sw + 1)
+            op = "maxpool2d" if kind == "MaxPooling2D" else "avgpool2d"
+            b.add({"op": op, "kernel_size": [kh, kw], "stride": [sh, sw], "padding": list(pads)})
+            shape = (*out_hw, shape[2])
+        elif kind == "BatchNormalization":
+            axis = cfg.get("axis", -1)
+            axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+            if axis not in (-1, len(shape)) or len(shape) not in (1, 3):
+                raise b.fail(
+                    layer, f"only the last (channel) axis of 1-D or image inputs is supported, got axis {axis}"
+                )
+            n = shape[-1]
+            wts = list(wts)
+            gamma = wts.pop(0) if cfg.get("scale", True) and wts else np.ones(n, np.float32)
+            beta = wts.pop(0) if cfg.get("center", True) and wts else np.zeros(n, np.float32)
+            if len(wts) < 2:
+                missing = "its moving_mean and moving_variance"
+                hint = ("the lesson's text file holds only trainable variables; import the .keras or .weights.h5 file"
+                        if model.trainable_only else "the weights file lacks them")  # fmt: skip
+                raise b.fail(layer, f"{missing} are missing ({hint})")
+            b.add({"op": "batchnorm2d" if len(shape) == 3 else "batchnorm1d", "num_features": int(n),
+                   "eps": float(cfg.get("epsilon", 1e-3)), "momentum": round(1 - float(cfg.get("momentum", 0.99)), 6)},
+                  weight=gamma, bias=beta, running_mean=wts[0], running_var=wts[1])  # fmt: skip
+        elif kind == "Dropout":
+            b.notes.append(f"Dropout {layer.name!r} left out (it does nothing at inference)")
+        elif kind == "Activation":
+            act = _activation(cfg.get("activation"))
+        elif kind == "ReLU":
+            if cfg.get("max_value") is not None or cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
+                raise b.fail(layer, "only the plain ReLU (no max_value, negative_slope or threshold) is supported")
+            act = "relu"
+        elif kind == "Softmax":
+            act = "softmax"
+        else:
+            raise CheckpointError(
+                f"{model.source}: layer {layer.name!r} is a {kind}, which mnistlab cannot import (supported: {SUPPORTED})"
+            )
+        flat_from = None
+        if act == "relu":
+            b.add({"op": "relu"})
+        elif act == "softmax":
+            softmax_at = layer.name
+        elif act not in (None, "linear"):
+            raise b.fail(layer, f"activation {act!r} is not supported (relu, softmax or linear)")
+    if scale_in != 1.0:  # a raw-pixel model with nothing in front to fold the factor into
+        b.layers.insert(0, {"op": "standardize", "mean": 0.0, "std": float(np.float32(1 / scale_in))})
+        b.state = {_shift(k): v for k, v in b.state.items()}
+        b.state["0.mean"], b.state["0.std"] = torch.tensor(0.0), torch.tensor(np.float32(1 / scale_in))
+    if shape != (num_classes,):
+        raise CheckpointError(
+            f"{model.source}: the model's output has shape {shape}, the data set has {num_classes} classes"
+        )
+    if not softmax_at:
+        b.notes.append("no final softmax: the model's outputs were taken as logits")
+    spec = _as_preset(b.layers, in_chw, num_classes) or {
+        "name": "sequential", "layers": b.layers, "in_shape": list(in_chw), "num_classes": num_classes,
+    }  # fmt: skip
+    return Converted(spec, b.state, b.notes)
+
+
+def _shift(key: str) -> str:
+    i, role = key.split(".", 1)
+    return f"{int(i) + 1}.{role}"
+
+
+def _as_preset(layers: list[dict], in_chw: tuple[int, int, int], num_classes: int) -> dict | None:
+    """The ``mlp`` preset's spec when the layers are exactly it (same module order, so the same state dict)."""
+    ops = [d["op"] for d in layers]
+    norm = None
+    if ops[:1] == ["standardize"]:
+        norm = [layers[0]["mean"], layers[0]["std"]]
+        ops, layers = ops[1:], layers[1:]
+    if ops != ["flatten", "linear", "relu", "linear"] or not (layers[1]["bias"] and layers[3]["bias"]):
+        return None
+    if layers[1]["in_features"] != math.prod(in_chw):
+        return None
+    return {"name": "mlp", "in_shape": list(in_chw), "num_classes": num_classes, "hidden": layers[1]["out_features"],
+            "normalize": norm}  # fmt: skip
+
+
+# -- reading any Keras file into a KerasModel -------------------------------------------------------
+
+
+def keras_kind(path: Path) -> str | None:
+    """``keras``, ``h5`` or ``txt`` (the lesson's), judged from the file's first bytes; None otherwise."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if head.startswith(b"PK"):
+        return "keras" if path.suffix == ".keras" or _zip_has(path, "config.json") else None
+    if head.startswith(kf.HDF5_MAGIC):
+        return "h5"
+    try:
+        first = head.decode("utf-8").lstrip().splitlines()[0] if head.strip() else ""
+    except UnicodeDecodeError:
+        return None
+    return "txt" if kf._NAME.match(first.strip()) else None
+
+
+def _zip_has(path: Path, name: str) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return name in z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_model(path: str | os.PathLike[str], model: str | os.PathLike[str] | None = None) -> kf.KerasModel:
+    """Any Keras file as a ``KerasModel``. ``.weights.h5`` and the lesson's text take the architecture from
+    ``model`` (a ``.keras`` file or ``model.to_json()`` output); without it, only the lesson's kind of MLP
+    (Dense layers, relu between them, softmax at the end) can be inferred from the weight shapes."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file")
+    kind = keras_kind(p)
+    if kind == "keras":
+        if model is not None:
+            raise ConfigError(
+                f"{p}: a .keras file holds its own architecture; --model is for .weights.h5 and text files"
+            )
+        return kf.read_keras(p)
+    arch = kf.read_architecture(model) if model is not None else None
+    if kind == "h5":
+        weights = kf.read_weights_h5(p)
+        if arch is None:
+            return _infer_mlp_h5(weights, str(p))
+        kf.attach_h5(arch[0], weights, str(p))
+        return kf.KerasModel(arch[0], arch[1], str(p))
+    if kind == "txt":
+        variables = kf.read_lesson_txt(p)
+        if arch is None:
+            return _infer_mlp_txt(variables, str(p))
+        return _attach_txt(arch[0], arch[1], variables, str(p))
+    raise CheckpointError(f"{p}: not a Keras file (expected .keras, .weights.h5, or the lesson's weights text)")
+
+
+def _dense(kernel: np.ndarray, bias: np.ndarray | None, activation: str) -> kf.KerasLayer:
+    weights = [kernel] + ([bias] if bias is not None else [])
+    return kf.KerasLayer("Dense", {"units": int(kernel.shape[1]), "activation": activation}, weights)
+
+
+def _mlp(
+    denses: list[tuple[np.ndarray, np.ndarray | None]], source: str, norm: list[np.ndarray] | None
+) -> kf.KerasModel:
+    layers = [kf.KerasLayer("Normalization", {"name": "normalization"}, norm)] if norm else []
+    layers.append(kf.KerasLayer("Flatten", {"name": "flatten"}))
+    for i, (k, bias) in enumerate(denses):
+        layer = _dense(k, bias, "softmax" if i == len(denses) - 1 else "relu")
+        layer.config["name"] = "dense" if i == 0 else f"dense_{i}"
+        layers.append(layer)
+    return kf.KerasModel(layers, None, source)
+
+
+def _infer_mlp_h5(weights: dict[str, list[np.ndarray]], source: str) -> kf.KerasModel:
+    others = sorted(k for k, v in weights.items() if v and not k.startswith(("dense", "normalization")))
+    if others or "normalization_1" in weights:
+        raise CheckpointError(
+            f"{source}: cannot infer the architecture from the weights alone (layers {', '.join(others) or 'normalization_1'}); "
+            "give --model FILE (the .keras file or the JSON of model.to_json())"
+        )
+    keys = sorted((k for k in weights if k.startswith("dense") and weights[k]), key=lambda k: int(k[6:] or 0))
+    denses = [(weights[k][0], weights[k][1] if len(weights[k]) > 1 else None) for k in keys]
+    return _checked_mlp(denses, source, weights.get("normalization"))
+
+
+def _infer_mlp_txt(variables: list[kf.TxtVariable], source: str) -> kf.KerasModel:
+    denses: list[tuple[np.ndarray, np.ndarray | None]] = []
+    for v in variables:
+        if v.role == "kernel" and v.array.ndim == 2:
+            denses.append((v.array, None))
+        elif v.role == "bias" and denses and denses[-1][1] is None and v.array.shape == denses[-1][0].shape[1:]:
+            denses[-1] = (denses[-1][0], v.array)
+        else:
+            raise CheckpointError(
+                f"{source}, line {v.line}: {v.name} {v.array.shape} is not part of a Dense-only model; give --model "
+                "FILE (the .keras file or the JSON of model.to_json()) to say the architecture"
+            )
+    model = _checked_mlp(denses, source, None)
+    model.trainable_only = True
+    return model
+
+
+def _checked_mlp(denses: list, source: str, norm: list[np.ndarray] | None) -> kf.KerasModel:
+    if not denses:
+        raise CheckpointError(f"{source}: no Dense kernels found")
+    for (a, _), (b, _) in zip(denses, denses[1:], strict=False):
+        if a.shape[1] != b.shape[0]:
+            raise CheckpointError(f"{source}: Dense kernels {a.shape} and {b.shape} do not chain; give --model FILE")
+    return _mlp(denses, source, norm)
+
+
+def _attach_txt(layers: list[kf.KerasLayer], input_shape: tuple[int, ...] | None, variables: list[kf.TxtVariable],
+                source: str) -> kf.KerasModel:  # fmt: skip
+    """Hand the text file's trainable variables to the layers in order (kernel, bias; gamma, beta)."""
+    queue = list(variables)
+    trainable = {"Dense": ("kernel", "bias"), "Conv2D": ("kernel", "bias"), "BatchNormalization": ("gamma", "beta")}
+    for layer in layers:
+        roles = trainable.get(layer.kind, ())
+        if layer.kind in ("Dense", "Conv2D") and not layer.config.get("use_bias", True):
+            roles = ("kernel",)
+        if layer.kind == "BatchNormalization":
+            roles = tuple(r for r, on in (("gamma", layer.config.get("scale", True)),
+                                          ("beta", layer.config.get("center", True))) if on)  # fmt: skip
+        for role in roles:
+            if not queue:
+                raise CheckpointError(f"{source}: ends before {layer.name!r} gets its {role}")
+            v = queue.pop(0)
+            if v.role != role:
+                raise CheckpointError(f"{source}, line {v.line}: expected {layer.name!r}'s {role}, found {v.name}")
+            layer.weights.append(v.array)
+    if queue:
+        raise CheckpointError(f"{source}, line {queue[0].line}: {queue[0].name} is left over after the last layer")
+    return kf.KerasModel(layers, input_shape, source, trainable_only=True)
+
+
+__all__ = ["PIXELS", "SUPPORTED", "Converted", "convert", "keras_kind", "read_model"]
