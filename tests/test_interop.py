@@ -129,6 +129,9 @@ def test_imported_run_works_with_export_report_plot_and_serve(imported, tmp_path
     assert "Imported from" in page and "cnn.keras" in page
     assert main(["plot", str(run), "-o", str(tmp_path / "c.png"), "--confusion"]) == 0
     assert (tmp_path / "c.png").stat().st_size > 1000
+    from mnistlab.plots import plot_history
+
+    assert "no training history" in plot_history(run).axes[0].texts[0].get_text()
     # an exotic layer the exporter has no op for is refused in one line (AveragePooling2D here)
     assert main(["export", str(imported["zoo.keras"]), "-o", str(tmp_path / "z.txt")]) == 2
     assert "cannot export a AvgPool2d" in capsys.readouterr().err
