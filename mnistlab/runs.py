@@ -94,6 +94,8 @@ def train_run(
             for stale in out.glob(".*.tmp"):  # half-written files of a killed save (never the real ones)
                 stale.unlink(missing_ok=True)
         done = ckpt.read_meta(out / ckpt.LAST)
+        if done.get("imported"):  # made by import-keras: weights without a training state
+            raise CheckpointError(f"{out}: an imported model, not a training run; train from it with --init-from {out}")
         # The checkpoint is the source of truth for the config (config.json is a copy for people).
         try:
             saved = TrainConfig.from_dict(done["config"])

@@ -269,3 +269,12 @@ def test_lesson_txt_reads_numpy_printing(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="threshold=np.inf"):
         read_lesson_txt(tmp_path / "elided.txt")
     assert read_weights_txt  # the mnistlab text format is another reader (export), told apart by its first line
+
+
+def test_imported_run_is_not_resumed_but_can_start_a_run(imported, tmp_path, capsys) -> None:
+    run = imported["mlp.keras"]
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert f"an imported model, not a training run; train from it with --init-from {run}" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hello\nworld\n")
+    assert main(["import-keras", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "x")]) == 2
+    assert "not a Keras file" in capsys.readouterr().err

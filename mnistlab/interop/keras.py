@@ -319,10 +319,15 @@ def keras_kind(path: Path) -> str | None:
     if head.startswith(kf.HDF5_MAGIC):
         return "h5"
     try:
-        first = head.decode("utf-8").lstrip().splitlines()[0] if head.strip() else ""
-    except UnicodeDecodeError:
-        return None
-    return "txt" if kf._NAME.match(first.strip()) else None
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # 64 bytes may end inside a character; anything earlier is binary
+        if e.start < len(head) - 3:
+            return None
+        text = head[: e.start].decode("utf-8")
+    lines = text.strip().splitlines()
+    # the lesson's text starts with a variable's name and its shape: "kernel" then "(784, 128)"
+    named = len(lines) > 1 and kf._NAME.match(lines[0].strip()) and kf._SHAPE.match(lines[1].strip())
+    return "txt" if named else None
 
 
 def _zip_has(path: Path, name: str) -> bool:
