@@ -278,3 +278,18 @@ def test_imported_run_is_not_resumed_but_can_start_a_run(imported, tmp_path, cap
     (tmp_path / "notes.txt").write_text("hello\nworld\n")
     assert main(["import-keras", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "x")]) == 2
     assert "not a Keras file" in capsys.readouterr().err
+
+
+def test_dropout_between_flatten_and_dense_keeps_the_channel_order() -> None:
+    # The Dense after a Flatten of (H, W, C) images lists its inputs in Keras's order; a Dropout in between
+    # (common in the lesson's CNNs) must not make the importer forget to reorder them.
+    from mnistlab.interop.keras import convert
+    from mnistlab.interop.keras_files import KerasLayer, read_keras
+
+    model = read_keras(FIX / "zoo.keras")
+    ref = convert(model, (1, 28, 28), 10)
+    at = next(i for i, layer in enumerate(model.layers) if layer.kind == "Flatten")
+    model.layers.insert(at + 1, KerasLayer("Dropout", {"name": "dropout", "rate": 0.5}))
+    got = convert(model, (1, 28, 28), 10)
+    assert got.spec == ref.spec and set(got.state) == set(ref.state)
+    assert all(torch.equal(got.state[k], ref.state[k]) for k in ref.state)

@@ -46,11 +46,20 @@ class Converted:
 
 
 class _Builder:
-    def __init__(self, source: str) -> None:
-        self.source = source
+    """The mnistlab layer list and state dict under construction, and where the walk through Keras's layers is:
+    the per-sample ``shape`` in Keras's order, the input scale still to fold in, the image shape a Flatten
+    turned into a vector (for the Dense after it), and the layer whose softmax was folded."""
+
+    def __init__(self, model: kf.KerasModel, shape: tuple[int, ...], scale_in: float) -> None:
+        self.source = model.source
+        self.trainable_only = model.trainable_only
         self.layers: list[dict] = []
         self.state: dict[str, torch.Tensor] = {}
         self.notes: list[str] = []
+        self.shape = shape
+        self.scale_in = scale_in
+        self.flat_from: tuple[int, ...] | None = None
+        self.softmax_at: str | None = None
 
     def add(self, layer: dict, **tensors: np.ndarray) -> None:
         i = len(self.layers)
@@ -60,6 +69,14 @@ class _Builder:
 
     def fail(self, layer: kf.KerasLayer, why: str) -> CheckpointError:
         return CheckpointError(f"{self.source}: layer {layer.name!r} ({layer.kind}): {why}")
+
+    def activation(self, layer: kf.KerasLayer, act: str) -> None:
+        if act == "relu":
+            self.add({"op": "relu"})
+        elif act == "softmax":
+            self.softmax_at = layer.name
+        elif act != "linear":
+            raise self.fail(layer, f"activation {act!r} is not supported (relu, softmax or linear)")
 
 
 def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -88,6 +105,171 @@ def _same_padding(size: int, k: int, s: int) -> int | None:
     return total // 2 if total % 2 == 0 else None
 
 
+def _window(b: _Builder, layer: kf.KerasLayer, k: tuple[int, int], s: tuple[int, int]) -> tuple[list[int], tuple]:
+    """Padding and output (height, width) of a sliding window (convolution or pooling) in Keras's terms."""
+    h, w = b.shape[0], b.shape[1]
+    if layer.config.get("padding", "valid") == "same":
+        pads = (_same_padding(h, k[0], s[0]), _same_padding(w, k[1], s[1]))
+        if None in pads:
+            raise b.fail(layer, "'same' padding that pads one side more than the other is not supported")
+        return list(pads), (math.ceil(h / s[0]), math.ceil(w / s[1]))
+    return [0, 0], ((h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1)
+
+
+# -- one function per Keras layer: translate it, update the walk's shape ----------------------------
+
+
+def _rescaling(b: _Builder, layer: kf.KerasLayer) -> None:
+    s, o = layer.config.get("scale", 1.0), layer.config.get("offset", 0.0)
+    if not all(isinstance(v, int | float) for v in (s, o)):
+        raise b.fail(layer, "only one scale and offset for all channels are supported")
+    s, o = float(s) * b.scale_in, float(o)  # a raw-pixel model: x_raw * s == (x / 255 * 255) * s
+    b.scale_in = 1.0
+    if s == 0:
+        raise b.fail(layer, "scale 0 makes every input the same")
+    if (s, o) != (1.0, 0.0):  # x * s + o == (x - (-o / s)) / (1 / s)
+        mean, std = np.float32(-o / s), np.float32(1 / s)
+        b.add({"op": "standardize", "mean": float(mean), "std": float(std)}, mean=mean, std=std)
+
+
+def _normalization(b: _Builder, layer: kf.KerasLayer) -> None:
+    cfg, wts = layer.config, layer.weights
+    if cfg.get("invert"):
+        raise b.fail(layer, "invert=True (de-normalisation) is not supported")
+    mean, var = (wts[0], wts[1]) if len(wts) >= 2 else (cfg.get("mean"), cfg.get("variance"))
+    if mean is None or var is None:
+        raise b.fail(layer, "has no mean and variance (neither adapted nor given)")
+    mean, var = np.asarray(mean, np.float32).reshape(-1), np.asarray(var, np.float32).reshape(-1)
+    std = np.maximum(np.sqrt(var), np.float32(KERAS_EPSILON))  # as Keras computes it, in float32
+    if b.scale_in != 1.0:  # a raw-pixel model normalises 0..255 values: fold the factor in
+        mean, std = mean / np.float32(b.scale_in), std / np.float32(b.scale_in)
+        b.scale_in = 1.0
+    if mean.size == 1:
+        b.add({"op": "standardize", "mean": float(mean[0]), "std": float(std[0])}, mean=mean[0], std=std[0])
+    elif len(b.shape) == 3 and mean.size == b.shape[2]:
+        b.add({"op": "channel_standardize", "channels": int(mean.size)},
+              mean=mean.reshape(-1, 1, 1), std=std.reshape(-1, 1, 1))  # fmt: skip
+    else:
+        raise b.fail(layer, f"{mean.size} means for inputs of shape {b.shape}: only one, or one per channel")
+
+
+def _flatten(b: _Builder, layer: kf.KerasLayer) -> None:
+    if len(b.shape) > 1:
+        b.add({"op": "flatten"})
+    b.flat_from = _torch_shape(b.shape) if len(b.shape) == 3 else None
+    b.shape = (math.prod(b.shape),)
+
+
+def _reshape(b: _Builder, layer: kf.KerasLayer) -> None:
+    target = tuple(int(d) for d in layer.config.get("target_shape", ()))
+    if -1 in target:
+        known = math.prod(d for d in target if d != -1)
+        target = tuple(math.prod(b.shape) // known if d == -1 else d for d in target)
+    if math.prod(target) != math.prod(b.shape):
+        raise b.fail(layer, f"cannot reshape {b.shape} to {target}")
+    moves_channels = (len(b.shape) == 3 and b.shape[2] > 1) or (len(target) == 3 and target[2] > 1)
+    if moves_channels and b.shape != target:
+        raise b.fail(layer, "a Reshape of multi-channel images is not supported")
+    if _torch_shape(target) != _torch_shape(b.shape):
+        b.add({"op": "reshape", "shape": list(_torch_shape(target))})
+    b.shape = target
+
+
+def _dense(b: _Builder, layer: kf.KerasLayer) -> None:
+    wts = layer.weights
+    if len(b.shape) != 1:
+        raise b.fail(layer, f"Dense on inputs of shape {b.shape} (each row separately) is not supported; "
+                            "put a Flatten before it")  # fmt: skip
+    if not wts or wts[0].ndim != 2 or wts[0].shape[0] != b.shape[0]:
+        raise b.fail(layer, f"kernel {wts[0].shape if wts else None} does not fit inputs of size {b.shape[0]}")
+    kernel = wts[0]
+    t = from_keras("linear", {"kernel": kernel, **({"bias": wts[1]} if len(wts) > 1 else {})}, b.flat_from)
+    b.add({"op": "linear", "in_features": int(kernel.shape[0]), "out_features": int(kernel.shape[1]),
+           "bias": "bias" in t}, **t)  # fmt: skip
+    b.shape = (int(kernel.shape[1]),)
+    b.activation(layer, _activation(layer.config.get("activation")))
+
+
+def _conv2d(b: _Builder, layer: kf.KerasLayer) -> None:
+    cfg, wts = layer.config, layer.weights
+    if len(b.shape) != 3:
+        raise b.fail(layer, f"Conv2D needs (height, width, channels) inputs, got {b.shape}; add a Reshape")
+    plain = cfg.get("groups", 1) == 1 and _pair(cfg.get("dilation_rate", 1)) == (1, 1)
+    if cfg.get("data_format", "channels_last") != "channels_last" or not plain:
+        raise b.fail(layer, "only channels_last, dilation 1 and groups 1 are supported")
+    kernel = wts[0] if wts else None
+    if kernel is None or kernel.ndim != 4 or kernel.shape[2] != b.shape[2]:
+        raise b.fail(layer, f"kernel {None if kernel is None else kernel.shape} does not fit inputs {b.shape}")
+    k, s = (int(kernel.shape[0]), int(kernel.shape[1])), _pair(cfg.get("strides", 1))
+    pads, out_hw = _window(b, layer, k, s)
+    t = from_keras("conv2d", {"kernel": kernel, **({"bias": wts[1]} if len(wts) > 1 else {})})
+    b.add({"op": "conv2d", "in_channels": int(kernel.shape[2]), "out_channels": int(kernel.shape[3]),
+           "kernel_size": list(k), "stride": list(s), "padding": pads, "bias": "bias" in t}, **t)  # fmt: skip
+    b.shape = (*out_hw, int(kernel.shape[3]))
+    b.activation(layer, _activation(cfg.get("activation")))
+
+
+def _pooling(b: _Builder, layer: kf.KerasLayer) -> None:
+    if len(b.shape) != 3 or layer.config.get("data_format", "channels_last") != "channels_last":
+        raise b.fail(layer, f"needs channels_last (height, width, channels) inputs, got {b.shape}")
+    k = _pair(layer.config.get("pool_size", 2))
+    s = _pair(layer.config.get("strides") or k)
+    pads, out_hw = _window(b, layer, k, s)
+    if pads[0] > k[0] // 2 or pads[1] > k[1] // 2:
+        raise b.fail(layer, "'same' padding wider than half the window is not supported")
+    op = "maxpool2d" if layer.kind == "MaxPooling2D" else "avgpool2d"  # avg: padding not counted, as in Keras
+    b.add({"op": op, "kernel_size": list(k), "stride": list(s), "padding": pads})
+    b.shape = (*out_hw, b.shape[2])
+
+
+def _batchnorm(b: _Builder, layer: kf.KerasLayer) -> None:
+    cfg = layer.config
+    axis = cfg.get("axis", -1)
+    axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+    if axis not in (-1, len(b.shape)) or len(b.shape) not in (1, 3):
+        raise b.fail(layer, f"only the last (channel) axis of 1-D or image inputs is supported, got axis {axis}")
+    n = b.shape[-1]
+    wts = list(layer.weights)
+    gamma = wts.pop(0) if cfg.get("scale", True) and wts else np.ones(n, np.float32)
+    beta = wts.pop(0) if cfg.get("center", True) and wts else np.zeros(n, np.float32)
+    if len(wts) < 2:
+        hint = ("the lesson's text file holds only trainable variables; import the .keras or .weights.h5 file"
+                if b.trainable_only else "the weights file lacks them")  # fmt: skip
+        raise b.fail(layer, f"its moving_mean and moving_variance are missing ({hint})")
+    b.add({"op": "batchnorm2d" if len(b.shape) == 3 else "batchnorm1d", "num_features": int(n),
+           "eps": float(cfg.get("epsilon", 1e-3)), "momentum": round(1 - float(cfg.get("momentum", 0.99)), 6)},
+          weight=gamma, bias=beta, running_mean=wts[0], running_var=wts[1])  # fmt: skip
+
+
+def _dropout(b: _Builder, layer: kf.KerasLayer) -> None:
+    b.notes.append(f"Dropout {layer.name!r} left out (it does nothing at inference)")
+
+
+def _activation_layer(b: _Builder, layer: kf.KerasLayer) -> None:
+    b.activation(layer, _activation(layer.config.get("activation")))
+
+
+def _relu(b: _Builder, layer: kf.KerasLayer) -> None:
+    cfg = layer.config
+    if cfg.get("max_value") is not None or cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
+        raise b.fail(layer, "only the plain ReLU (no max_value, negative_slope or threshold) is supported")
+    b.activation(layer, "relu")
+
+
+def _softmax(b: _Builder, layer: kf.KerasLayer) -> None:
+    b.activation(layer, "softmax")
+
+
+LAYERS = {
+    "Rescaling": _rescaling, "Normalization": _normalization, "Flatten": _flatten, "Reshape": _reshape,
+    "Dense": _dense, "Conv2D": _conv2d, "MaxPooling2D": _pooling, "AveragePooling2D": _pooling,
+    "BatchNormalization": _batchnorm, "Dropout": _dropout, "Activation": _activation_layer, "ReLU": _relu,
+    "Softmax": _softmax,
+}  # fmt: skip
+# Layers that leave a Flatten's output as it is, so the Dense after them still reorders its inputs.
+_KEEP_FLAT = ("Flatten", "Dropout")
+
+
 def convert(
     model: kf.KerasModel,
     in_chw: tuple[int, int, int],
@@ -102,7 +284,6 @@ def convert(
     """
     if pixels not in PIXELS:
         raise ConfigError(f"pixels must be one of {', '.join(PIXELS)}, got {pixels!r}")
-    b = _Builder(model.source)
     c, h, w = in_chw
     shape: tuple[int, ...] = model.input_shape or ((h, w) if c == 1 else (h, w, c))
     if math.prod(shape) != c * h * w:
@@ -113,170 +294,31 @@ def convert(
     if pixels == "auto":
         shrinks = first is not None and first.kind == "Rescaling" and abs(float(first.config.get("scale", 1))) < 0.1
         pixels = "0-255" if shrinks else "0-1"
-    scale_in = 255.0 if pixels == "0-255" else 1.0  # mnistlab feeds x / 255; undo it for a raw-pixel model
+    # mnistlab feeds x / 255; a raw-pixel model gets the factor 255 folded into its first scaling layer
+    b = _Builder(model, shape, 255.0 if pixels == "0-255" else 1.0)
     if len(shape) == 1:
         b.add({"op": "flatten"})
-    softmax_at: str | None = None
-    flat_from: tuple[int, ...] | None = None
     for layer in model.layers:
-        kind, cfg, wts = layer.kind, layer.config, layer.weights
-        if softmax_at and kind != "Dropout":
-            raise b.fail(layer, f"comes after the softmax of {softmax_at!r}; only a final softmax can be folded")
-        act = None
-        if kind == "Rescaling":
-            s, o = cfg.get("scale", 1.0), cfg.get("offset", 0.0)
-            if not all(isinstance(v, int | float) for v in (s, o)):
-                raise b.fail(layer, "only one scale and offset for all channels are supported")
-            s, o = float(s) * scale_in, float(o)
-            scale_in = 1.0
-            if s == 0:
-                raise b.fail(layer, "scale 0 makes every input the same")
-            if (s, o) != (1.0, 0.0):  # x * s + o == (x - (-o / s)) / (1 / s)
-                b.add({"op": "standardize", "mean": float(np.float32(-o / s)), "std": float(np.float32(1 / s))},
-                      mean=np.float32(-o / s), std=np.float32(1 / s))  # fmt: skip
-        elif kind == "Normalization":
-            if cfg.get("invert"):
-                raise b.fail(layer, "invert=True (de-normalisation) is not supported")
-            mean, var = (wts[0], wts[1]) if len(wts) >= 2 else (cfg.get("mean"), cfg.get("variance"))
-            if mean is None or var is None:
-                raise b.fail(layer, "has no mean and variance (neither adapted nor given)")
-            mean, var = np.asarray(mean, np.float32).reshape(-1), np.asarray(var, np.float32).reshape(-1)
-            std = np.maximum(np.sqrt(var), np.float32(KERAS_EPSILON))
-            if scale_in != 1.0:  # a raw-pixel model normalises 0..255 values: fold the factor in
-                mean, std = mean / np.float32(scale_in), std / np.float32(scale_in)
-                scale_in = 1.0
-            if mean.size == 1:
-                b.add({"op": "standardize", "mean": float(mean[0]), "std": float(std[0])}, mean=mean[0], std=std[0])
-            elif len(shape) == 3 and mean.size == shape[2]:
-                b.add({"op": "channel_standardize", "channels": int(mean.size)},
-                      mean=mean.reshape(-1, 1, 1), std=std.reshape(-1, 1, 1))  # fmt: skip
-            else:
-                raise b.fail(layer, f"{mean.size} means for inputs of shape {shape}: only one, or one per channel")
-        elif kind == "Flatten":
-            if len(shape) == 3:
-                flat_from = _torch_shape(shape)
-            if len(shape) > 1:
-                b.add({"op": "flatten"})
-            shape = (math.prod(shape),)
-            continue  # keep flat_from for the Dense that follows
-        elif kind == "Reshape":
-            target = tuple(int(d) for d in cfg.get("target_shape", ()))
-            if -1 in target:
-                known = math.prod(d for d in target if d != -1)
-                target = tuple(math.prod(shape) // known if d == -1 else d for d in target)
-            if math.prod(target) != math.prod(shape):
-                raise b.fail(layer, f"cannot reshape {shape} to {target}")
-            moves_channels = (len(shape) == 3 and shape[2] > 1) or (len(target) == 3 and target[2] > 1)
-            if moves_channels and shape != target:
-                raise b.fail(layer, "a Reshape of multi-channel images is not supported")
-            if _torch_shape(target) != _torch_shape(shape):
-                b.add({"op": "reshape", "shape": list(_torch_shape(target))})
-            shape = target
-        elif kind == "Dense":
-            if len(shape) != 1:
-                raise b.fail(layer, f"Dense on inputs of shape {shape} (each row separately) is not supported; "
-                                    "put a Flatten before it")  # fmt: skip
-            if not wts:
-                raise b.fail(layer, "no weights found for it")
-            kernel = wts[0]
-            if kernel.shape[0] != shape[0]:
-                raise b.fail(layer, f"kernel {kernel.shape} does not fit inputs of size {shape[0]}")
-            arrays = {"kernel": kernel, **({"bias": wts[1]} if len(wts) > 1 else {})}
-            t = from_keras("linear", arrays, flat_from)
-            b.add({"op": "linear", "in_features": int(kernel.shape[0]), "out_features": int(kernel.shape[1]),
-                   "bias": "bias" in t}, **t)  # fmt: skip
-            shape = (int(kernel.shape[1]),)
-            act = _activation(cfg.get("activation"))
-        elif kind == "Conv2D":
-            if len(shape) != 3:
-                raise b.fail(layer, f"Conv2D needs (height, width, channels) inputs, got {shape}; add a Reshape")
-            if cfg.get("data_format", "channels_last") != "channels_last" or _pair(cfg.get("dilation_rate", 1)) != (1, 1) \
-                    or cfg.get("groups", 1) != 1:  # fmt: skip
-                raise b.fail(layer, "only channels_last, dilation 1 and groups 1 are supported")
-            kernel = wts[0] if wts else None
-            if kernel is None or kernel.ndim != 4 or kernel.shape[2] != shape[2]:
-                raise b.fail(layer, f"kernel {None if kernel is None else kernel.shape} does not fit inputs {shape}")
-            (kh, kw), (sh, sw) = kernel.shape[:2], _pair(cfg.get("strides", 1))
-            if cfg.get("padding", "valid") == "same":
-                pads = (_same_padding(shape[0], kh, sh), _same_padding(shape[1], kw, sw))
-                if None in pads:
-                    raise b.fail(layer, "'same' padding that pads one side more than the other is not supported")
-                out_hw = (math.ceil(shape[0] / sh), math.ceil(shape[1] / sw))
-            else:
-                pads = (0, 0)
-                out_hw = ((shape[0] - kh) // sh + 1, (shape[1] - kw) // sw + 1)
-            arrays = {"kernel": kernel, **({"bias": wts[1]} if len(wts) > 1 else {})}
-            t = from_keras("conv2d", arrays)
-            b.add({"op": "conv2d", "in_channels": int(kernel.shape[2]), "out_channels": int(kernel.shape[3]),
-                   "kernel_size": [int(kh), int(kw)], "stride": [sh, sw], "padding": list(pads), "bias": "bias" in t},
-                  **t)  # fmt: skip
-            shape = (*out_hw, int(kernel.shape[3]))
-            act = _activation(cfg.get("activation"))
-        elif kind in ("MaxPooling2D", "AveragePooling2D"):
-            if len(shape) != 3 or cfg.get("data_format", "channels_last") != "channels_last":
-                raise b.fail(layer, f"needs channels_last (height, width, channels) inputs, got {shape}")
-            (kh, kw) = _pair(cfg.get("pool_size", 2))
-            (sh, sw) = _pair(cfg.get("strides") or (kh, kw))
-            if cfg.get("padding", "valid") == "same":
-                pads = (_same_padding(shape[0], kh, sh), _same_padding(shape[1], kw, sw))
-                if None in pads or any(p > k // 2 for p, k in zip(pads, (kh, kw), strict=True)):  # type: ignore[operator]
-                    raise b.fail(layer, "'same' padding that pads one side more than the other is not supported")
-                out_hw = (math.ceil(shape[0] / sh), math.ceil(shape[1] / sw))
-            else:
-                pads = (0, 0)
-                out_hw = ((shape[0] - kh) // sh + 1, (shape[1] - kw) // sw + 1)
-            op = "maxpool2d" if kind == "MaxPooling2D" else "avgpool2d"
-            b.add({"op": op, "kernel_size": [kh, kw], "stride": [sh, sw], "padding": list(pads)})
-            shape = (*out_hw, shape[2])
-        elif kind == "BatchNormalization":
-            axis = cfg.get("axis", -1)
-            axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-            if axis not in (-1, len(shape)) or len(shape) not in (1, 3):
-                raise b.fail(
-                    layer, f"only the last (channel) axis of 1-D or image inputs is supported, got axis {axis}"
-                )
-            n = shape[-1]
-            wts = list(wts)
-            gamma = wts.pop(0) if cfg.get("scale", True) and wts else np.ones(n, np.float32)
-            beta = wts.pop(0) if cfg.get("center", True) and wts else np.zeros(n, np.float32)
-            if len(wts) < 2:
-                missing = "its moving_mean and moving_variance"
-                hint = ("the lesson's text file holds only trainable variables; import the .keras or .weights.h5 file"
-                        if model.trainable_only else "the weights file lacks them")  # fmt: skip
-                raise b.fail(layer, f"{missing} are missing ({hint})")
-            b.add({"op": "batchnorm2d" if len(shape) == 3 else "batchnorm1d", "num_features": int(n),
-                   "eps": float(cfg.get("epsilon", 1e-3)), "momentum": round(1 - float(cfg.get("momentum", 0.99)), 6)},
-                  weight=gamma, bias=beta, running_mean=wts[0], running_var=wts[1])  # fmt: skip
-        elif kind == "Dropout":
-            b.notes.append(f"Dropout {layer.name!r} left out (it does nothing at inference)")
-        elif kind == "Activation":
-            act = _activation(cfg.get("activation"))
-        elif kind == "ReLU":
-            if cfg.get("max_value") is not None or cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
-                raise b.fail(layer, "only the plain ReLU (no max_value, negative_slope or threshold) is supported")
-            act = "relu"
-        elif kind == "Softmax":
-            act = "softmax"
-        else:
+        if b.softmax_at and layer.kind != "Dropout":
+            raise b.fail(layer, f"comes after the softmax of {b.softmax_at!r}; only a final softmax can be folded")
+        handler = LAYERS.get(layer.kind)
+        if handler is None:
             raise CheckpointError(
-                f"{model.source}: layer {layer.name!r} is a {kind}, which mnistlab cannot import (supported: {SUPPORTED})"
+                f"{model.source}: layer {layer.name!r} is a {layer.kind}, which mnistlab cannot import "
+                f"(supported: {SUPPORTED})"
             )
-        flat_from = None
-        if act == "relu":
-            b.add({"op": "relu"})
-        elif act == "softmax":
-            softmax_at = layer.name
-        elif act not in (None, "linear"):
-            raise b.fail(layer, f"activation {act!r} is not supported (relu, softmax or linear)")
-    if scale_in != 1.0:  # a raw-pixel model with nothing in front to fold the factor into
-        b.layers.insert(0, {"op": "standardize", "mean": 0.0, "std": float(np.float32(1 / scale_in))})
+        handler(b, layer)
+        if layer.kind not in _KEEP_FLAT:
+            b.flat_from = None
+    if b.scale_in != 1.0:  # a raw-pixel model with nothing in front to fold the factor into
+        b.layers.insert(0, {"op": "standardize", "mean": 0.0, "std": float(np.float32(1 / b.scale_in))})
         b.state = {_shift(k): v for k, v in b.state.items()}
-        b.state["0.mean"], b.state["0.std"] = torch.tensor(0.0), torch.tensor(np.float32(1 / scale_in))
-    if shape != (num_classes,):
+        b.state["0.mean"], b.state["0.std"] = torch.tensor(0.0), torch.tensor(np.float32(1 / b.scale_in))
+    if b.shape != (num_classes,):
         raise CheckpointError(
-            f"{model.source}: the model's output has shape {shape}, the data set has {num_classes} classes"
+            f"{model.source}: the model's output has shape {b.shape}, the data set has {num_classes} classes"
         )
-    if not softmax_at:
+    if not b.softmax_at:
         b.notes.append("no final softmax: the model's outputs were taken as logits")
     spec = _as_preset(b.layers, in_chw, num_classes) or {
         "name": "sequential", "layers": b.layers, "in_shape": list(in_chw), "num_classes": num_classes,
