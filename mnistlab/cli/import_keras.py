@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.interop.keras import PIXELS, SUPPORTED
+from mnistlab.interop.keras_files import PIXELS, SUPPORTED
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,21 @@
 
 from __future__ import annotations
 
-from mnistlab.interop.formats import ACCEPTED, fit_state, import_keras, load_init_state, sniff
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mnistlab.interop.formats import ACCEPTED, fit_state, import_keras, load_init_state, sniff
+
+# Imported on first use, so ``mnistlab --help`` and the CLI's argument parsing need no torch.
+_LAZY = {"ACCEPTED", "fit_state", "import_keras", "load_init_state", "sniff"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from mnistlab.interop import formats
+
+        return getattr(formats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ACCEPTED", "fit_state", "import_keras", "load_init_state", "sniff"]

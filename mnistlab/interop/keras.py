@@ -27,13 +27,9 @@ import torch
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.export.numpy_infer import from_keras
 from mnistlab.interop import keras_files as kf
+from mnistlab.interop.keras_files import PIXELS, SUPPORTED
 
-SUPPORTED = (
-    "Input/InputLayer, Flatten, Reshape, Dense (relu, softmax, linear), Activation/ReLU/Softmax, Conv2D, "
-    "MaxPooling2D, AveragePooling2D, BatchNormalization, Dropout, Normalization, Rescaling"
-)
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): Normalization divides by max(sqrt(variance), this)
-PIXELS = ("auto", "0-1", "0-255")
 
 
 @dataclass

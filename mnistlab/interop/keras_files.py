@@ -30,6 +30,11 @@ import numpy as np
 from mnistlab.errors import CheckpointError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+SUPPORTED = (
+    "Input/InputLayer, Flatten, Reshape, Dense (relu, softmax, linear), Activation/ReLU/Softmax, Conv2D, "
+    "MaxPooling2D, AveragePooling2D, BatchNormalization, Dropout, Normalization, Rescaling"
+)
+PIXELS = ("auto", "0-1", "0-255")  # what the Keras model was fed: auto, x / 255, raw pixels
 
 
 @dataclass
@@ -256,6 +261,8 @@ def _is_float(w: str) -> bool:
 
 
 __all__ = [
-    "HDF5_MAGIC", "KerasLayer", "KerasModel", "TxtVariable", "attach_h5", "layers_from_config",
+    "HDF5_MAGIC",
+    "PIXELS",
+    "SUPPORTED", "KerasLayer", "KerasModel", "TxtVariable", "attach_h5", "layers_from_config",
     "read_architecture", "read_keras", "read_lesson_txt", "read_weights_h5", "snake_case",
 ]  # fmt: skip
