@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -45,10 +46,24 @@ def load_history(source: HistoryLike) -> History:
         history, where = _from_dict(source), "history"
     elif isinstance(source, str | os.PathLike):
         history, where = _from_path(Path(source))
+        if not history.epoch and imported_from(source):
+            return history  # an imported model: a run without training history
     else:
         raise ConfigError(f"expected a History, a dict or a run folder, got {type(source).__name__}")
     _check(history, where)
     return history
+
+
+def imported_from(run: str | os.PathLike) -> str | None:
+    """Where a run's model came from when ``mnistlab import-keras`` made it (None for a trained run)."""
+    p = Path(run)
+    try:
+        if p.is_dir():
+            d = json.loads((p / "history.json").read_text()) if (p / "history.json").is_file() else {}
+            return d.get("imported_from") if isinstance(d, dict) else None
+        return (ckpt.read_meta(p).get("imported") or {}).get("from") if p.is_file() else None
+    except (ValueError, OSError, CheckpointError):
+        return None
 
 
 def _from_dict(d: dict) -> History:

@@ -26,7 +26,7 @@ from mnistlab import fileio
 from mnistlab.analysis import HistoryLike, Predictions, load_history, predict_run
 from mnistlab.augment import Augment, preview_images
 from mnistlab.datasets import load
-from mnistlab.errors import ConfigError
+from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.metrics import ACC
 
 if TYPE_CHECKING:
@@ -173,6 +173,15 @@ def plot_history(source: HistoryLike, path: str | os.PathLike[str] | None = None
     h = load_history(source)
     fig = new_figure((11, 4.2))
     axes = fig.subplots(1, 2)
+    if not h.epoch:  # a run made by import-keras: a model, but no epochs trained here
+        for ax, what in zip(axes, ("Accuracy", "Loss"), strict=True):
+            ax.set_title(f"Training and Validation {what}")
+            ax.text(0.5, 0.5, "no training history\n(the model was imported, not trained here)",
+                    ha="center", va="center", transform=ax.transAxes, color="gray")  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+        return _finish(fig, path, dpi)
+    smoothing = _label_smoothing(source)
     x_train = [e + 1 for e in h.epoch]
     x_val = [e + 1 for e in h.val_epoch]
     acc_key = next((k for k in ACC_KEYS if k in h.history or f"val_{k}" in h.history), ACC)
@@ -200,7 +209,30 @@ def plot_history(source: HistoryLike, path: str | os.PathLike[str] | None = None
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc=legend_at, fontsize=8)
+    if smoothing and h.history.get("loss"):
+        # The training loss is the smoothed loss that was minimised; the validation loss is plain cross-entropy.
+        axes[1].text(0.5, -0.2, f"training loss includes label smoothing {smoothing:g}; validation loss does not",
+                     ha="center", va="top", transform=axes[1].transAxes, fontsize=8, color="dimgray")  # fmt: skip
     return _finish(fig, path, dpi)
+
+
+def _label_smoothing(source: HistoryLike) -> float:
+    """The run's label smoothing, when ``source`` is a run folder or checkpoint (0 when unknown)."""
+    if not isinstance(source, str | os.PathLike):
+        return 0.0
+    p = Path(source)
+    try:
+        if p.is_dir():
+            import json
+
+            config = json.loads((p / "config.json").read_text()) if (p / "config.json").is_file() else {}
+        else:
+            from mnistlab.checkpoint import read_meta
+
+            config = read_meta(p).get("config", {})
+        return float(config.get("label_smoothing") or 0.0)
+    except (ValueError, OSError, TypeError, AttributeError, MnistlabError):
+        return 0.0
 
 
 # -- what the model gets wrong --------------------------------------------------------------------
@@ -344,12 +376,12 @@ def plot_run(
     outputs = [Path(output if output is not None else DEFAULT_NAMES[kind]) for kind in kinds]
     for path in outputs:
         check_output(path)
-    history = load_history(run)
+    load_history(run)  # a folder that is not a run, or has no finished epoch, fails before any plotting
     preds = predict_run(run, which) if kinds != ["curves"] else None
     figs = []
     for kind in kinds:
         if kind == "curves":
-            figs.append(plot_history(history))
+            figs.append(plot_history(run))  # the run, not its history: the plot notes label smoothing
         elif kind == "confusion":
             figs.append(plot_confusion(preds))
         elif kind == "mistakes":

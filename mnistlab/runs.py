@@ -89,6 +89,8 @@ def train_run(
             for stale in out.glob(".*.tmp"):  # half-written files of a killed save (never the real ones)
                 stale.unlink(missing_ok=True)
         done = ckpt.read_meta(out / ckpt.LAST)
+        if done.get("imported"):  # made by import-keras: weights without a training state
+            raise CheckpointError(f"{out}: an imported model, not a training run; train from it with --init-from {out}")
         # The checkpoint is the source of truth for the config (config.json is a copy for people).
         try:
             saved = TrainConfig.from_dict(done["config"])
@@ -224,21 +226,10 @@ def _merge_resume(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 
 
 def _init_weights(model: torch.nn.Module, source: str) -> None:
-    """Warm start: copy weights only from a run folder, checkpoint, or a plain state-dict file."""
-    p = Path(source)
-    if p.suffix in (".pt", ".pth"):
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types for bad files
-            raise CheckpointError(f"{p}: not a loadable weights file ({str(e).splitlines()[0]})") from None
-        state = state.get("model", state) if isinstance(state, dict) else state
-    else:
-        tensors, _ = ckpt.read(ckpt.resolve(p, "best"))
-        state = ckpt.prefixed(tensors, "model/")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{p}: weights do not fit this model ({str(e).strip().splitlines()[0]})") from None
+    """Warm start: weights only, from a run, a checkpoint, a mnistlab export, a Keras file or a state dict."""
+    from mnistlab.interop import load_init_state
+
+    model.load_state_dict(load_init_state(source, model), strict=False)  # checked key by key; BN counters may lack
 
 
 def evaluate_run(run: str | Path, which: str = "best", dataset: str | None = None) -> dict:

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-test", type=int, help="use only the first N test images (default: all)")
     p.add_argument("--out", help="run folder (default: runs/<dataset>-<model>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN where it stopped")
-    p.add_argument("--init-from", metavar="CKPT", help="start from these weights only (run folder, .safetensors, .pt)")
+    p.add_argument("--init-from", metavar="SRC", help="start from these weights only (a run, export, Keras file, .pt)")
     p.add_argument("--force", action="store_true", help="replace a run already in --out")
     p.add_argument(
         "--nproc",
