@@ -176,7 +176,7 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
         history = trainer.fit(
             ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
             validation_data=(ds.x_test, ds.y_test), validation_freq=config.validation_freq,
-            run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.mode,
+            run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.monitor_mode,
             eval_batch_size=config.eval_batch_size, data_identity=ds.identity(),
             resume_command=f"mnistlab train --resume {out}",
         )  # fmt: skip
