@@ -19,7 +19,7 @@ import torch
 
 from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, fileio
-from mnistlab.config import TrainConfig
+from mnistlab.config import TrainConfig, merge_resume
 from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
 from mnistlab.engine import Trainer, TrainingInterrupted, pick_device
@@ -52,9 +52,6 @@ def make_augment(spec: str) -> Any:
     return Augment.parse(spec)
 
 
-RESUMABLE_OVERRIDES = ("epochs", "device", "threads", "save_every")
-
-
 def train_run(
     config: TrainConfig | None,
     out: str | Path,
@@ -70,7 +67,8 @@ def train_run(
     """Train ``config`` into the run folder ``out``; return the result also written to ``result.json``.
 
     ``resume=True`` continues the run in ``out`` with its saved config; ``overrides`` may change only
-    ``epochs`` (the new total), ``device``, ``threads`` and ``save_every``. ``force`` replaces a finished
+    the settings the schema marks resumable (``config.resumable()``: ``epochs``, the new total, and where
+    the run runs). ``force`` replaces a finished
     or abandoned run in ``out``.
 
     ``nproc`` > 1 trains data-parallel in that many processes on this machine (``mnistlab train --nproc``),
@@ -93,7 +91,7 @@ def train_run(
             saved = TrainConfig.from_dict(done["config"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{out / ckpt.LAST}: no usable config inside ({e})") from None
-        config = _merge_resume(saved, overrides or {})
+        config = merge_resume(saved, overrides or {})
         if done.get("epoch", 0) >= config.epochs and done.get("step", 0) == 0:
             msg = f"{out}: already trained to {done['epoch']} of {config.epochs} epochs; nothing to do"
             if verbose and main:
@@ -203,23 +201,6 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     if verbose:
         print(result["summary"])
     return result
-
-
-def _merge_resume(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """On resume the saved config wins, except ``epochs`` (the new total) and where-to-run settings."""
-    merged = saved.to_dict()
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if k not in RESUMABLE_OVERRIDES:
-            if merged.get(k) != v:
-                raise ConfigError(
-                    f"cannot change {k} when resuming (saved {merged.get(k)!r}, given {v!r}); "
-                    f"only {', '.join(RESUMABLE_OVERRIDES)} may change"
-                )
-            continue
-        merged[k] = v
-    return TrainConfig.from_dict(merged)
 
 
 def _init_weights(model: torch.nn.Module, source: str) -> None:
