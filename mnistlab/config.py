@@ -315,6 +315,18 @@ class TrainConfig:
             raise ConfigError(f"val split {v!r} leaves no training images of {n_train}")
         return n
 
+    @property
+    def validated_on(self) -> str:
+        """Which images the validation metrics (and so the best checkpoint) come from, in words.
+
+        >>> TrainConfig(val_split=5000).validated_on, TrainConfig().validated_on
+        ('the last 5000 training images', 'the test set')
+        """
+        v = self.val_split
+        if not v:
+            return "the test set"
+        return f"the last {v:g} of the training images" if v < 1 else f"the last {v} training images"
+
     def trainer_kwargs(self) -> dict[str, Any]:
         """The ``Trainer`` constructor's keyword arguments from this config (the augment callable is the caller's:
         ``augment_spec`` is its string).

@@ -24,10 +24,9 @@ from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
 from mnistlab.engine import Trainer, TrainingInterrupted, pick_device
 from mnistlab.errors import CheckpointError, ConfigError
-from mnistlab.inference import predict_logits
 from mnistlab.metrics import ACC
 from mnistlab.models import build_model, summary
-from mnistlab.tensors import images_to_tensor, labels_to_tensor
+from mnistlab.runfolder import RunFolder
 
 
 def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
@@ -222,26 +221,9 @@ def _init_weights(model: torch.nn.Module, source: str) -> None:
 
 
 def evaluate_run(run: str | Path, which: str = "best", dataset: str | None = None) -> dict:
-    """Loss, accuracy and per-class accuracy of a run's checkpoint on its data set's test split."""
-    loaded = ckpt.load_checkpoint(run, which)
-    cfg = TrainConfig.from_dict(loaded.config) if loaded.config else TrainConfig()
-    if dataset:
-        cfg.dataset, cfg.data_dir = dataset, None
-    ds = load_dataset(cfg, progress=False)
-    x, y = images_to_tensor(ds.x_test), labels_to_tensor(ds.y_test)
-    logits = predict_logits(loaded.model, x)
-    pred = logits.argmax(1)
-    per_class = {}
-    for c, name in enumerate(loaded.class_names):
-        mask = y == c
-        per_class[name] = float((pred[mask] == c).float().mean()) if mask.any() else float("nan")
-    return {
-        "checkpoint": str(loaded.path),
-        "loss": float(torch.nn.functional.cross_entropy(logits, y)),
-        ACC: float((pred == y).float().mean()),
-        "per_class": per_class,
-        "n": len(y),
-    }
+    """Loss, accuracy and per-class accuracy of a run's checkpoint on its data set's test split
+    (``RunFolder.evaluate``; a run without a config is refused unless ``dataset`` names the data set)."""
+    return RunFolder(run).evaluate(which, dataset)
 
 
 def _version() -> str:
