@@ -60,7 +60,11 @@ def configless(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.mark.parametrize(
     "argv",
-    [["evaluate", "{run}"], ["plot", "{run}", "--confusion", "-o", "{tmp}/c.png"], ["report", "{run}", "-o", "{tmp}/r.html"]],
+    [
+        ["evaluate", "{run}"],
+        ["plot", "{run}", "--confusion", "-o", "{tmp}/c.png"],
+        ["report", "{run}", "-o", "{tmp}/r.html"],
+    ],
     ids=["evaluate", "plot", "report"],
 )
 def test_a_missing_config_is_the_same_one_line_error_everywhere(configless: Path, argv: list[str], tmp_path: Path):
