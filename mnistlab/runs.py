@@ -191,6 +191,7 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
         "test": test, "epochs": len(history.epoch), "train_time_s": getattr(trainer, "train_time", wall),
         "fit_wall_s": wall, "best": history.best, "dataset": ds.identity(), "device": str(device),
         "threads": torch.get_num_threads(), "processes": ctx.world_size if ctx else 1,
+        "validated_on": config.validated_on,
     }  # fmt: skip
     fileio.write_json(out / "result.json", result)
     result["summary"] = (

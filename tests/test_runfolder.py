@@ -28,6 +28,7 @@ def test_run_folder_reads_what_the_run_wrote(small_run: Path) -> None:
     assert run.config().limit_train == 5000 and run.checkpoint("last") == small_run / ckpt.LAST
     assert len(run.history().epoch) == 2 and run.history().best["epoch"] in (1, 2)
     assert run.result()["epochs"] == 2  # type: ignore[index]
+    assert run.result()["validated_on"] == run.config().validated_on == "the last 5000 training images"  # type: ignore[index]
     assert "Total params" in (run.summary_text() or "")
     assert run.load() is run.load()  # one read, whoever asks
     assert run.test_accuracy() == run.result()["test"][ACC]  # type: ignore[index]
