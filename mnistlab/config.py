@@ -7,6 +7,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,26 @@ def _parse_bool(key: str, value: str) -> bool:
     raise ConfigError(f"augment: {key} must be true or false, got {value!r}")
 
 
+def _val_split(v: float) -> float | int:
+    if v == 0 or 0 < v < 1:
+        return v
+    if v >= 1 and v == int(v):
+        return int(v)  # a count of images
+    raise ValueError("must be 0 (none), a fraction in (0, 1) or a whole count ≥ 1")
+
+
+def _device(v: str) -> str:
+    if v in ("auto", "cpu", "cuda") or v.startswith("cuda:"):
+        return v
+    raise ValueError("must be auto, cpu or cuda")
+
+
+def _augment(v: str) -> str:
+    if v:  # fail before any data is loaded; its errors name the setting in the spec
+        AugmentSpec.parse(v)
+    return v
+
+
 def setting(
     default: Any,
     help: str,
@@ -178,14 +199,17 @@ def setting(
     cli: bool = True,
     metavar: str | None = None,
     shown: str = "",
+    convert: Callable[[Any], Any] | None = None,
 ) -> Any:
     """A ``TrainConfig`` field with what the CLI, the checks and resume need to know of it.
 
     ``resume=True``: a resumed run may change it (where and how long to run, not what is learnt).
     ``cli=False``: no ``mnistlab train`` flag for it. ``shown``: how ``--help`` names the default.
+    ``convert``: a last check that returns the value to keep, or raises ``ValueError(rule)``.
     """
     meta = {"help": help, "label": label, "choices": choices, "at_least": at_least, "above": above,
-            "below": below, "resume": resume, "cli": cli, "metavar": metavar, "shown": shown}  # fmt: skip
+            "below": below, "resume": resume, "cli": cli, "metavar": metavar, "shown": shown,
+            "convert": convert}  # fmt: skip
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
@@ -228,6 +252,7 @@ class TrainConfig:
         f"augment training batches, e.g. rotation=45,shift=0.15,zoom=0.5,shear=0,flip=none; {SPEC_HELP}. "
         "See it first with `mnistlab augment preview`",
         metavar="SPEC",
+        convert=_augment,
     )
     precision: str = setting(
         "fp32",
@@ -237,7 +262,7 @@ class TrainConfig:
     )
     channels_last: bool = setting(False, "keep images channels-last in memory (faster bf16 convolutions on CPU)")
     seed: int = setting(0, "random seed; the same seed gives the same numbers")
-    device: str = setting("auto", "auto, cpu or cuda (cuda:N for one GPU)", resume=True)
+    device: str = setting("auto", "auto, cpu or cuda (cuda:N for one GPU)", resume=True, convert=_device)
     threads: int = setting(0, "torch threads, 0 = torch's choice", at_least=0, resume=True)
     validation_freq: int = setting(1, "validate every N epochs", label="validation frequency", at_least=1)
     eval_batch_size: int = setting(4096, "batch size of evaluation", label="eval batch size", at_least=1)
@@ -248,6 +273,7 @@ class TrainConfig:
         "0 = validate on the test set, as the lesson does",
         label="val split",
         metavar="N|FRACTION",
+        convert=_val_split,
     )
     early_stopping: int = setting(
         0,
@@ -282,18 +308,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check every field against its schema; raise a one-line ``ConfigError`` naming the flag."""
         for f in fields(self):
-            _check_field(self, f)
-        v = self.val_split
-        if not (v == 0 or 0 < v < 1 or v >= 1 and v == int(v)):
-            raise ConfigError(
-                _message(field_named("val_split"), "must be 0 (none), a fraction in (0, 1) or a whole count ≥ 1", v)
-            )
-        if v >= 1:
-            self.val_split = int(v)
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(_message(field_named("device"), "must be auto, cpu or cuda", self.device))
-        if self.augment:  # fail before any data is loaded
-            AugmentSpec.parse(self.augment)
+            setattr(self, f.name, check_setting(f, getattr(self, f.name)))
         return self
 
     @property
@@ -422,27 +437,42 @@ def _message(f: dataclasses.Field, rule: str, value: object) -> str:
 KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a JSON object"}
 
 
-def _check_field(config: TrainConfig, f: dataclasses.Field) -> None:
-    v, m, k = getattr(config, f.name), f.metadata, kind(f)
+def check_setting(f: dataclasses.Field | str, value: Any) -> Any:
+    """``value`` checked against the schema of the setting ``f`` (a ``TrainConfig`` field or its name), as it
+    is kept (a whole number for a float setting becomes a float); a one-line ``ConfigError`` naming the flag
+    otherwise. What checks a config, and what a ``Trainer`` built without one can check its arguments with.
+
+    >>> check_setting("lr", 1)
+    1.0
+    >>> check_setting("label_smoothing", 1.0)
+    Traceback (most recent call last):
+    mnistlab.errors.ConfigError: label smoothing must lie in [0, 1), got 1.0 (--label-smoothing)
+    """
+    f = field_named(f) if isinstance(f, str) else f
+    m, k, v = f.metadata, kind(f), value
     if v is None and "None" in str(f.type):
-        return
-    ok = isinstance(v, k) and not (k is not bool and isinstance(v, bool))
-    if k is float and isinstance(v, int) and not isinstance(v, bool):
-        ok = True
-    if not ok or (k is float and not math.isfinite(v)):
-        raise ConfigError(_message(f, f"must be {KIND_WORDS[k]}", v))
-    if k is float and f.name != "val_split":
-        setattr(config, f.name, float(v))
+        return v
+    ok = isinstance(v, k) or (k is float and isinstance(v, int))
+    if not ok or (k is not bool and isinstance(v, bool)) or (k is float and not math.isfinite(v)):
+        raise ConfigError(_message(f, f"must be {KIND_WORDS[k]}", value))
+    if k is float:
+        v = float(v)
     if m.get("choices") and v not in m["choices"]:
-        raise ConfigError(_message(f, f"must be one of {', '.join(m['choices'])}", v))
+        raise ConfigError(_message(f, f"must be one of {', '.join(m['choices'])}", value))
     lo, above, hi = m.get("at_least"), m.get("above"), m.get("below")
     if lo is not None and hi is not None:
         if not lo <= v < hi:
-            raise ConfigError(_message(f, f"must lie in [{lo:g}, {hi:g})", v))
+            raise ConfigError(_message(f, f"must lie in [{lo:g}, {hi:g})", value))
     elif lo is not None and v < lo:
-        raise ConfigError(_message(f, f"must be ≥ {lo:g}", v))
+        raise ConfigError(_message(f, f"must be ≥ {lo:g}", value))
     elif above is not None and not v > above:
-        raise ConfigError(_message(f, f"must be > {above:g}", v))
+        raise ConfigError(_message(f, f"must be > {above:g}", value))
+    if m.get("convert"):
+        try:
+            v = m["convert"](v)
+        except ValueError as e:
+            raise ConfigError(_message(f, str(e), value)) from None
+    return v
 
 
 # -- resume: which settings may change ---------------------------------------------------------

@@ -6,8 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from mnistlab.config import TrainConfig, cli_fields, flag, from_preset, merge_resume, resumable, resume_changes
+from mnistlab.config import (
+    TrainConfig,
+    check_setting,
+    cli_fields,
+    flag,
+    from_preset,
+    merge_resume,
+    resumable,
+    resume_changes,
+)
 from mnistlab.errors import ConfigError
 from tests.conftest import run_cli
 
@@ -133,3 +143,22 @@ def test_train_config_reruns_a_run_with_flags_overriding(small_run: Path, tmp_pa
     assert again == first.replace(epochs=1)
     r = run_cli("train", "--config", str(small_run), "--preset", "best", "--out", str(tmp_path / "no"))
     assert r.returncode == 2 and "give --config or --preset, not both" in r.stderr
+
+
+def test_trainer_kwargs_build_a_trainer_as_the_config_says() -> None:
+    from mnistlab.engine import Trainer
+    from mnistlab.models import build_model
+
+    config = from_preset("fast", optimizer="sgd", lr=0.05, momentum=0.5, device="cpu")
+    trainer = Trainer(build_model("mlp"), **config.trainer_kwargs(), verbose=0)
+    group = trainer.optimizer.param_groups[0]
+    assert isinstance(trainer.optimizer, torch.optim.SGD) and group["lr"] == 0.05 and group["momentum"] == 0.5
+    assert str(trainer.device) == "cpu"
+
+
+def test_check_setting_checks_one_value_as_the_config_would() -> None:
+    assert check_setting("val_split", 5000.0) == 5000 and check_setting("width", None) is None
+    with pytest.raises(ConfigError, match=r"^optimizer must be one of adam, .*, got 'lion' \(--optimizer\)$"):
+        check_setting("optimizer", "lion")
+    with pytest.raises(ConfigError, match=r"^epochs must be a whole number, got 2.5 \(--epochs\)$"):
+        check_setting("epochs", 2.5)
