@@ -19,16 +19,15 @@ import torch
 
 from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, fileio
-from mnistlab.config import TrainConfig
+from mnistlab.config import TrainConfig, merge_resume
 from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
 from mnistlab.devices import pick_device
 from mnistlab.engine import Trainer, TrainingInterrupted
 from mnistlab.errors import CheckpointError, ConfigError
-from mnistlab.inference import predict_logits
 from mnistlab.metrics import ACC
 from mnistlab.models import build_model, summary
-from mnistlab.tensors import images_to_tensor, labels_to_tensor
+from mnistlab.runfolder import RunFolder
 
 
 def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
@@ -53,9 +52,6 @@ def make_augment(spec: str) -> Any:
     return Augment.parse(spec)
 
 
-RESUMABLE_OVERRIDES = ("epochs", "device", "threads", "save_every")
-
-
 def train_run(
     config: TrainConfig | None,
     out: str | Path,
@@ -71,7 +67,8 @@ def train_run(
     """Train ``config`` into the run folder ``out``; return the result also written to ``result.json``.
 
     ``resume=True`` continues the run in ``out`` with its saved config; ``overrides`` may change only
-    ``epochs`` (the new total), ``device``, ``threads`` and ``save_every``. ``force`` replaces a finished
+    the settings the schema marks resumable (``config.resumable()``: ``epochs``, the new total, and where
+    the run runs). ``force`` replaces a finished
     or abandoned run in ``out``.
 
     ``nproc`` > 1 trains data-parallel in that many processes on this machine (``mnistlab train --nproc``),
@@ -96,7 +93,7 @@ def train_run(
             saved = TrainConfig.from_dict(done["config"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{out / ckpt.LAST}: no usable config inside ({e})") from None
-        config = _merge_resume(saved, overrides or {})
+        config = merge_resume(saved, overrides or {})
         if done.get("epoch", 0) >= config.epochs and done.get("step", 0) == 0:
             msg = f"{out}: already trained to {done['epoch']} of {config.epochs} epochs; nothing to do"
             if verbose and main:
@@ -179,7 +176,7 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
         history = trainer.fit(
             ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
             validation_data=(ds.x_test, ds.y_test), validation_freq=config.validation_freq,
-            run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.mode,
+            run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.monitor_mode,
             eval_batch_size=config.eval_batch_size, data_identity=ds.identity(),
             resume_command=f"mnistlab train --resume {out}",
         )  # fmt: skip
@@ -197,6 +194,7 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
         "test": test, "epochs": len(history.epoch), "train_time_s": getattr(trainer, "train_time", wall),
         "fit_wall_s": wall, "best": history.best, "dataset": ds.identity(), "device": str(device),
         "threads": torch.get_num_threads(), "processes": ctx.world_size if ctx else 1,
+        "validated_on": config.validated_on,
     }  # fmt: skip
     fileio.write_json(out / "result.json", result)
     result["summary"] = (
@@ -208,23 +206,6 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     return result
 
 
-def _merge_resume(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """On resume the saved config wins, except ``epochs`` (the new total) and where-to-run settings."""
-    merged = saved.to_dict()
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if k not in RESUMABLE_OVERRIDES:
-            if merged.get(k) != v:
-                raise ConfigError(
-                    f"cannot change {k} when resuming (saved {merged.get(k)!r}, given {v!r}); "
-                    f"only {', '.join(RESUMABLE_OVERRIDES)} may change"
-                )
-            continue
-        merged[k] = v
-    return TrainConfig.from_dict(merged)
-
-
 def _init_weights(model: torch.nn.Module, source: str) -> None:
     """Warm start: weights only, from a run, a checkpoint, a mnistlab export, a Keras file or a state dict."""
     from mnistlab.interop import load_init_state
@@ -233,26 +214,9 @@ def _init_weights(model: torch.nn.Module, source: str) -> None:
 
 
 def evaluate_run(run: str | Path, which: str = "best", dataset: str | None = None) -> dict:
-    """Loss, accuracy and per-class accuracy of a run's checkpoint on its data set's test split."""
-    loaded = ckpt.load_checkpoint(run, which)
-    cfg = TrainConfig.from_dict(loaded.config) if loaded.config else TrainConfig()
-    if dataset:
-        cfg.dataset, cfg.data_dir = dataset, None
-    ds = load_dataset(cfg, progress=False)
-    x, y = images_to_tensor(ds.x_test), labels_to_tensor(ds.y_test)
-    logits = predict_logits(loaded.model, x)
-    pred = logits.argmax(1)
-    per_class = {}
-    for c, name in enumerate(loaded.class_names):
-        mask = y == c
-        per_class[name] = float((pred[mask] == c).float().mean()) if mask.any() else float("nan")
-    return {
-        "checkpoint": str(loaded.path),
-        "loss": float(torch.nn.functional.cross_entropy(logits, y)),
-        ACC: float((pred == y).float().mean()),
-        "per_class": per_class,
-        "n": len(y),
-    }
+    """Loss, accuracy and per-class accuracy of a run's checkpoint on its data set's test split
+    (``RunFolder.evaluate``; a run without a config is refused unless ``dataset`` names the data set)."""
+    return RunFolder(run).evaluate(which, dataset)
 
 
 def _version() -> str:
