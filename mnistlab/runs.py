@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mnistlab import callbacks as cb
 from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, fileio
 from mnistlab.config import TrainConfig
@@ -39,17 +40,6 @@ def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
         x = np.asarray(ds.x_train, dtype=np.float32) / 255.0
         kwargs["normalize"] = [round(float(x.mean()), 6), round(float(x.std()), 6)]
     return build_model(config.model, **kwargs)
-
-
-def make_augment(spec: str) -> Any:
-    """The augmentation callable for a ``--augment`` string, or None when empty."""
-    if not spec:
-        return None
-    try:
-        from mnistlab.augment import Augment
-    except ImportError:
-        raise ConfigError("augmentation is not available in this build of mnistlab") from None
-    return Augment.parse(spec)
 
 
 RESUMABLE_OVERRIDES = ("epochs", "device", "threads", "save_every")
@@ -87,19 +77,20 @@ def train_run(
         if main:
             for stale in out.glob(".*.tmp"):  # half-written files of a killed save (never the real ones)
                 stale.unlink(missing_ok=True)
-        done = ckpt.read_meta(out / ckpt.LAST)
+        done = ckpt.CheckpointMeta.from_dict(ckpt.read_meta(out / ckpt.LAST))
         # The checkpoint is the source of truth for the config (config.json is a copy for people).
         try:
-            saved = TrainConfig.from_dict(done["config"])
+            saved = TrainConfig.from_dict(done.extra["config"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{out / ckpt.LAST}: no usable config inside ({e})") from None
         config = _merge_resume(saved, overrides or {})
-        if done.get("epoch", 0) >= config.epochs and done.get("step", 0) == 0:
-            msg = f"{out}: already trained to {done['epoch']} of {config.epochs} epochs; nothing to do"
+        if done.finished(config.epochs):
+            how = "stopped early after" if done.stopped else "already trained to"
+            msg = f"{out}: {how} {done.epoch} of {config.epochs} epochs; nothing to do"
             if verbose and main:
                 print(msg)
-            return {"summary": msg, "nothing_to_do": True, "epochs": done["epoch"]}
-        distributed.check_same_world(out, done.get("fingerprint", {}).get("world_size", 1), world)
+            return {"summary": msg, "nothing_to_do": True, "epochs": done.epoch}
+        distributed.check_same_world(out, done.fingerprint.get("world_size", 1), world)
     elif config is None:
         raise ConfigError("a config is needed unless resuming")
     elif (out / ckpt.LAST).is_file() and not force:
@@ -154,16 +145,12 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     model = build_for(config, ds)
     if init_from:
         _init_weights(model, init_from)
-    trainer = Trainer(
-        model, config.optimizer, config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-        schedule=config.schedule, warmup=config.warmup, label_smoothing=config.label_smoothing,
-        seed=config.seed, device=device, augment=make_augment(config.augment), augment_spec=config.augment,
-        precision=config.precision, channels_last=config.channels_last, verbose=verbose,
-    )  # fmt: skip
+    trainer = Trainer(model, **_trainer_kwargs(config), device=device, verbose=verbose, dist=ctx)
     table = summary(model, ds.input_shape)
+    split = _val_split(config)
     trainer.extra_meta = {
         "config": config.to_dict(), "dataset": ds.identity(), "class_names": list(ds.class_names),
-        "mnistlab_version": _version(),
+        "mnistlab_version": _version(), "selection": _selection(config, split),
     }  # fmt: skip
     if not resume and main:
         out.mkdir(parents=True, exist_ok=True)
@@ -175,10 +162,10 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     try:
         history = trainer.fit(
             ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
-            validation_data=(ds.x_test, ds.y_test), validation_freq=config.validation_freq,
-            run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.mode,
-            eval_batch_size=config.eval_batch_size, data_identity=ds.identity(),
-            resume_command=f"mnistlab train --resume {out}",
+            validation_data=None if split else (ds.x_test, ds.y_test), validation_split=split,
+            validation_freq=config.validation_freq, callbacks=run_callbacks(config, out, ctx),
+            resume_from=out / ckpt.LAST if resume else None, eval_batch_size=config.eval_batch_size,
+            data_identity=ds.identity(),
         )  # fmt: skip
     except TrainingInterrupted:
         if resume:
@@ -192,7 +179,8 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     test = trainer.evaluate(ds.x_test, ds.y_test, config.eval_batch_size)
     result = {
         "test": test, "epochs": len(history.epoch), "train_time_s": getattr(trainer, "train_time", wall),
-        "fit_wall_s": wall, "best": history.best, "dataset": ds.identity(), "device": str(device),
+        "fit_wall_s": wall, "best": history.best, "selection": _selection(config, split), "dataset": ds.identity(),
+        "device": str(device),
         "threads": torch.get_num_threads(), "processes": ctx.world_size if ctx else 1,
     }  # fmt: skip
     fileio.write_json(out / "result.json", result)
@@ -203,6 +191,47 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     if verbose:
         print(result["summary"])
     return result
+
+
+def run_callbacks(config: TrainConfig, out: Path, ctx: distributed.Context | None) -> list[cb.Callback]:
+    """What a run folder does, as callbacks: stop and plateau first (their state is saved), then the
+    ``best``/``last`` checkpoints, ``metrics.csv``/``history.json``, TensorBoard, and Ctrl-C → save + exit 130.
+    """
+    monitor, mode = config.monitor, config.mode
+    callbacks: list[cb.Callback] = []
+    if getattr(config, "early_stopping", 0):
+        callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=config.early_stopping))
+    if getattr(config, "reduce_lr_on_plateau", 0):
+        callbacks.append(cb.ReduceLROnPlateau(monitor=monitor, mode=mode, patience=config.reduce_lr_on_plateau))
+    callbacks += [
+        cb.ModelCheckpoint(out / ckpt.BEST, monitor=monitor, mode=mode, save_best_only=True),
+        cb.ModelCheckpoint(out / ckpt.LAST, save_every=config.save_every),
+        cb.CSVLogger(out),
+    ]
+    if getattr(config, "tensorboard", ""):
+        callbacks.append(cb.TensorBoard(config.tensorboard))
+    if ctx is None:  # under torchrun a Ctrl-C stops every rank at once; the run resumes from its last save
+        callbacks.append(cb.GracefulInterrupt(out / ckpt.LAST, f"mnistlab train --resume {out}"))
+    return callbacks
+
+
+def _trainer_kwargs(config: TrainConfig) -> dict[str, Any]:
+    if hasattr(config, "trainer_kwargs"):
+        return {k: v for k, v in config.trainer_kwargs().items() if k not in ("device", "verbose")}
+    names = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "seed",
+             "augment", "precision", "channels_last")  # fmt: skip
+    return {k: getattr(config, k) for k in names}
+
+
+def _val_split(config: TrainConfig) -> float:
+    return getattr(config, "val_split", 0) or 0
+
+
+def _selection(config: TrainConfig, split: float) -> dict:
+    """Which data chose the best checkpoint (and early stopping, the plateau): a held-out split or the test set."""
+    if split:
+        return {"split": "validation", "val_split": split, "monitor": config.monitor}
+    return {"split": "test", "monitor": config.monitor}
 
 
 def _merge_resume(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -260,6 +289,7 @@ def evaluate_run(run: str | Path, which: str = "best", dataset: str | None = Non
         ACC: float((pred == y).float().mean()),
         "per_class": per_class,
         "n": len(y),
+        "chosen_on": (loaded.meta.get("selection") or {"split": "test"})["split"],
     }
 
 
