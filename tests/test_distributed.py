@@ -248,17 +248,19 @@ def _noise(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def _fit_with_noise(run_dir: str, resume: bool) -> list[float]:
     """One rank of a library-level run: ``setup`` + ``Trainer.fit``, a batch-norm CNN, random augmentation."""
+    from mnistlab.callbacks import ModelCheckpoint
     from mnistlab.datasets import mnist
     from mnistlab.engine import Trainer
     from mnistlab.models import cnn
 
-    distributed.setup("cpu")
+    ctx = distributed.setup("cpu")
     try:
         (x, y), (xt, yt) = mnist.load_data()
         torch.manual_seed(0)
-        trainer = Trainer(cnn(width=4), lr=3e-3, augment=_noise, augment_spec="noise", device="cpu", verbose=0)
+        trainer = Trainer(cnn(width=4), lr=3e-3, augment=_noise, augment_spec="noise", verbose=0, dist=ctx)
+        last = Path(run_dir) / ckpt.LAST
         h = trainer.fit(x[:2000], y[:2000], batch_size=100, epochs=2, validation_data=(xt[:500], yt[:500]),
-                        run_dir=run_dir, resume=resume, save_every=5)  # fmt: skip
+                        callbacks=[ModelCheckpoint(last, save_every=5)], resume_from=last if resume else None)  # fmt: skip
         return h.history["loss"]
     finally:
         distributed.teardown()
