@@ -204,8 +204,8 @@ class ModelCheckpoint(Callback):
         return self.save_every > 0 if hook == "on_train_batch_end" else super().implements(hook)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        best = self.trainer.history.best  # a checkpoint from before callbacks had state
-        if self.save_best_only and self.watch.best is None and best.get("monitor", "").endswith(self.watch.monitor):
+        best = self.trainer.history.best  # resuming a checkpoint from before callbacks had state
+        if self.save_best_only and self.watch.best is None and self.watch.monitor.endswith(best.get("monitor", "-")):
             self.watch.best = best.get("value")
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -248,6 +248,10 @@ class EarlyStopping(Callback):
         self.restore_best_weights = restore_best_weights
         self.wait, self.stopped_epoch, self.best_epoch = 0, 0, 0
         self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.wait, self.stopped_epoch, self.best_epoch = 0, 0, 0  # a resumed run loads its saved state after this
+        self.watch.best, self.best_weights = None, None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         current = self.watch.value(logs, self.trainer)
@@ -303,6 +307,9 @@ class ReduceLROnPlateau(Callback):
         self.watch = _Monitor(monitor, mode, min_delta)
         self.factor, self.patience, self.cooldown, self.min_lr = factor, patience, cooldown, min_lr
         self.wait, self.cooldown_counter = 0, 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.wait, self.cooldown_counter, self.watch.best = 0, 0, None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         current = self.watch.value(logs, self.trainer)

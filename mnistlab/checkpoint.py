@@ -185,6 +185,10 @@ class LoadedModel:
         return self.meta.get("history", {})
 
     @property
+    def checkpoint_meta(self) -> CheckpointMeta:
+        return CheckpointMeta.from_dict(self.meta)
+
+    @property
     def spec(self) -> dict:
         return self.meta["model_spec"]
 

@@ -67,8 +67,9 @@ SOFTMAX_WARNING = (
 class Trainer:
     """Compile-and-fit for any ``nn.Module`` that maps ``(N, C, H, W)`` images to logits.
 
-    ``augment`` is an augmentation spec string (``"rotation=10,shift=0.1"``) or a callable
-    ``(batch, generator) -> batch``, applied to training batches only. The lesson's MLP trains with a
+    ``augment`` is an augmentation spec string (``"rotation=10,shift=0.1"``, also accepted as
+    ``augment_spec``) or a callable ``(batch, generator) -> batch`` (then ``augment_spec`` names it in
+    checkpoints), applied to training batches only. The lesson's MLP trains with a
     hand-written step (``mnistlab.lean``) unless ``lean=False``. ``dist``: the context from
     ``mnistlab.distributed.setup()`` to train data-parallel; without it a Trainer trains alone.
     """
@@ -112,7 +113,9 @@ class Trainer:
             self.optimizer_name = optimizer
         self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         if isinstance(augment, str):
-            augment_spec, augment = augment, _parse_augment(augment)
+            augment_spec, augment = augment, None
+        if augment is None and augment_spec:  # a spec alone (as a config gives it) builds the augmentation
+            augment = _parse_augment(augment_spec)
         self.settings = {
             "optimizer": self.optimizer_name, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
             "schedule": schedule, "warmup": warmup, "label_smoothing": label_smoothing, "seed": seed,
@@ -167,21 +170,11 @@ class Trainer:
 
     # -- training --------------------------------------------------------------------------------
 
-    def fit(
-        self,
-        x: Any,
-        y: Any = None,
-        batch_size: int = 32,
-        epochs: int = 5,
-        validation_data: tuple[Any, Any] | None = None,
-        validation_freq: int = 1,
-        *,
-        validation_split: float = 0.0,
-        callbacks: list[Callback] | None = None,
-        resume_from: str | Path | None = None,
-        eval_batch_size: int = 4096,
-        data_identity: dict | None = None,
-    ) -> History:
+    def fit(self, x: Any, y: Any = None, batch_size: int = 32, epochs: int = 5,
+            validation_data: tuple[Any, Any] | None = None, validation_freq: int = 1, *,
+            validation_split: float = 0.0, callbacks: list[Callback] | None = None,
+            resume_from: str | Path | None = None, eval_batch_size: int = 4096,
+            data_identity: dict | None = None) -> History:  # fmt: skip
         """Train to ``epochs`` in total, as Keras's ``fit``; ``resume_from`` continues from a checkpoint.
 
         ``x``: arrays/tensors with labels ``y``, a ``torch.utils.data.Dataset`` or a ``DataLoader``.
