@@ -203,6 +203,52 @@ def plot_history(source: HistoryLike, path: str | os.PathLike[str] | None = None
     return _finish(fig, path, dpi)
 
 
+def plot_compare(
+    sources: Sequence[HistoryLike],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    dpi: int = 100,
+) -> Figure | Path:
+    """Several runs' curves on the lesson's two panels: validation solid, training dashed, one colour a run.
+
+    ``sources`` are run folders (labelled by folder name) or anything :func:`plot_history` takes.
+
+    >>> fig = plot_compare([{"loss": [0.5, 0.3]}, {"loss": [0.6, 0.2]}], labels=["a", "b"])
+    >>> [line.get_label() for line in fig.axes[1].get_lines()]
+    ['a training', 'b training']
+    """
+    if not sources:
+        raise ConfigError("compare needs at least one run")
+    if labels is not None and len(labels) != len(sources):
+        raise ConfigError(f"{len(labels)} labels for {len(sources)} runs")
+    histories = [load_history(s) for s in sources]
+    if labels is None:
+        names = [Path(s).name if isinstance(s, str | os.PathLike) else f"run {i + 1}" for i, s in enumerate(sources)]
+        full = [str(s) if isinstance(s, str | os.PathLike) else n for s, n in zip(sources, names, strict=True)]
+        labels = names if len(set(names)) == len(names) else full
+    fig = new_figure((11, 4.2))
+    axes = fig.subplots(1, 2)
+    colors = [f"C{i % 10}" for i in range(len(histories))]
+    for ax, what in ((axes[0], "Accuracy"), (axes[1], "Loss")):
+        for h, label, color in zip(histories, labels, colors, strict=True):
+            key = "loss" if what == "Loss" else next((k for k in ACC_KEYS if k in h.history), ACC)
+            for k, xs, kind, style in (
+                (f"val_{key}", h.val_epoch, "validation", "o-"),
+                (key, h.epoch, "training", "o--"),
+            ):
+                if h.history.get(k):
+                    ax.plot([e + 1 for e in xs], h.history[k], style, color=color, ms=3, label=f"{label} {kind}")
+        ax.set_title(f"Training and Validation {what}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what.lower())
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _finish(fig, path, dpi)
+
+
 # -- what the model gets wrong --------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ Every picture goes through :func:`mnistlab.preprocess.prepare_image`, chosen for
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab import fileio
-from mnistlab.checkpoint import load_checkpoint
 from mnistlab.errors import ConfigError, ImageError, MnistlabError
 from mnistlab.preprocess import KINDS, ImageSource, Prepared, kind_for, prepare_image
+from mnistlab.runfolder import RunFolder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -106,7 +105,9 @@ class Predictor:
     ) -> None:
         if kind is not None and kind not in KINDS:
             raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        self.loaded = load_checkpoint(run, which, device)
+        self.run = RunFolder(run)
+        self.which = which
+        self.loaded = self.run.load(which, device)
         self.class_names = self.loaded.class_names
         dataset = self.loaded.meta.get("dataset") or self.loaded.config.get("dataset")
         self.kind = kind or kind_for(dataset, self.class_names)
@@ -165,7 +166,7 @@ class Predictor:
             "parameters": int(n_params),
             "classes": list(self.class_names),
             "dataset": (self.loaded.meta.get("dataset") or {}).get("name") or self.loaded.config.get("dataset"),
-            "test_accuracy": _test_accuracy(self.loaded.path, self.loaded.meta),
+            "test_accuracy": self.run.test_accuracy(self.which),
             "kind": self.kind,
             "input_shape": list(self.in_shape),
             "checkpoint": str(self.loaded.path),
@@ -178,18 +179,6 @@ def _describe(src: ImageSource, i: int) -> str:
 
 def _without_prefix(message: str, name: str) -> str:
     return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
-
-
-def _test_accuracy(checkpoint: Path, meta: dict) -> float | None:
-    """From the run's ``result.json`` when training finished, else the best validation accuracy."""
-    result = checkpoint.parent / "result.json"
-    try:
-        return float(json.loads(result.read_text())["test"]["sparse_categorical_accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    best = (meta.get("history") or {}).get("best") or {}
-    value = best.get("value") if "accuracy" in str(best.get("monitor", "")) else None
-    return float(value) if value is not None else None
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:

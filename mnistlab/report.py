@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from mnistlab import checkpoint as ckpt
 from mnistlab import fileio
-from mnistlab.analysis import Predictions, load_history, predictions_of
-from mnistlab.errors import CheckpointError, ConfigError
+from mnistlab.analysis import Predictions, load_history, predict_run
+from mnistlab.errors import ConfigError
 from mnistlab.metrics import ACC, KEYS, History
 from mnistlab.plots import figure_png, plot_confusion, plot_history, plot_mistakes, plot_per_class
+from mnistlab.runfolder import RunFolder
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
@@ -63,16 +63,15 @@ def render_report(run: str | os.PathLike[str], *, which: str = "best", mistakes:
     """The report as an HTML string."""
     if mistakes < 1:
         raise ConfigError(f"number of mistakes to show must be ≥ 1, got {mistakes}")
-    history = load_history(run)  # first: a folder that is not a run, or has no epoch yet, gets a clear error
-    loaded = ckpt.load_checkpoint(run, which)
-    preds = predictions_of(loaded, which)
-    folder = Path(run) if Path(run).is_dir() else None
-    # The checkpoint's config is the one in force (a resume may have raised ``epochs``); config.json is the first.
-    config = loaded.config or _json_file(folder, "config.json")
-    result = _json_file(folder, "result.json")
-    if folder is not None and (folder / "summary.txt").is_file():
-        model_summary = (folder / "summary.txt").read_text()
-    else:
+    rf = RunFolder(run)
+    history = load_history(rf)  # first: a folder that is not a run, or has no epoch yet, gets a clear error
+    loaded = rf.load(which)
+    preds = predict_run(rf, which)
+    folder = rf.folder if rf.file is None else None  # a checkpoint file alone: no folder files
+    config = rf.config(which).to_dict()
+    result = (rf.result() if folder else None) or {}
+    model_summary = rf.summary_text() if folder else None
+    if model_summary is None:
         from mnistlab.models import summary
 
         model_summary = summary(loaded.model, loaded.in_shape)
@@ -114,16 +113,6 @@ def render_report(run: str | os.PathLike[str], *, which: str = "best", mistakes:
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>mnistlab run {_e(name)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
-
-
-def _json_file(folder: Path | None, name: str) -> dict:
-    if folder is None or not (folder / name).is_file():
-        return {}
-    try:
-        d = json.loads((folder / name).read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{folder / name}: not valid JSON ({e})") from None
-    return d if isinstance(d, dict) else {}
 
 
 def _metrics_rows(h: History, p: Predictions, result: dict, ckpt_name: str, ckpt_epoch: Any) -> list[tuple[str, str]]:

@@ -20,15 +20,14 @@ import torch
 from mnistlab import callbacks as cb
 from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, fileio
-from mnistlab.config import TrainConfig
+from mnistlab.config import TrainConfig, merge_resume
 from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
 from mnistlab.engine import Trainer, TrainingInterrupted, pick_device
 from mnistlab.errors import CheckpointError, ConfigError
-from mnistlab.inference import predict_logits
 from mnistlab.metrics import ACC
 from mnistlab.models import build_model, summary
-from mnistlab.tensors import images_to_tensor, labels_to_tensor
+from mnistlab.runfolder import RunFolder
 
 
 def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
@@ -40,9 +39,6 @@ def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
         x = np.asarray(ds.x_train, dtype=np.float32) / 255.0
         kwargs["normalize"] = [round(float(x.mean()), 6), round(float(x.std()), 6)]
     return build_model(config.model, **kwargs)
-
-
-RESUMABLE_OVERRIDES = ("epochs", "device", "threads", "save_every")
 
 
 def train_run(
@@ -60,7 +56,8 @@ def train_run(
     """Train ``config`` into the run folder ``out``; return the result also written to ``result.json``.
 
     ``resume=True`` continues the run in ``out`` with its saved config; ``overrides`` may change only
-    ``epochs`` (the new total), ``device``, ``threads`` and ``save_every``. ``force`` replaces a finished
+    the settings the schema marks resumable (``config.resumable()``: ``epochs``, the new total, and where
+    the run runs). ``force`` replaces a finished
     or abandoned run in ``out``.
 
     ``nproc`` > 1 trains data-parallel in that many processes on this machine (``mnistlab train --nproc``),
@@ -83,7 +80,7 @@ def train_run(
             saved = TrainConfig.from_dict(done.extra["config"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{out / ckpt.LAST}: no usable config inside ({e})") from None
-        config = _merge_resume(saved, overrides or {})
+        config = merge_resume(saved, overrides or {})
         if done.finished(config.epochs):
             how = "stopped early after" if done.stopped else "already trained to"
             msg = f"{out}: {how} {done.epoch} of {config.epochs} epochs; nothing to do"
@@ -145,12 +142,12 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     model = build_for(config, ds)
     if init_from:
         _init_weights(model, init_from)
-    trainer = Trainer(model, **_trainer_kwargs(config), device=device, verbose=verbose, dist=ctx)
+    trainer = Trainer(model, **{**config.trainer_kwargs(), "device": device}, verbose=verbose, dist=ctx)
     table = summary(model, ds.input_shape)
-    split = _val_split(config)
+    split = config.val_split
     trainer.extra_meta = {
         "config": config.to_dict(), "dataset": ds.identity(), "class_names": list(ds.class_names),
-        "mnistlab_version": _version(), "selection": _selection(config, split),
+        "mnistlab_version": _version(),
     }  # fmt: skip
     if not resume and main:
         out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +176,7 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     test = trainer.evaluate(ds.x_test, ds.y_test, config.eval_batch_size)
     result = {
         "test": test, "epochs": len(history.epoch), "train_time_s": getattr(trainer, "train_time", wall),
-        "fit_wall_s": wall, "best": history.best, "selection": _selection(config, split), "dataset": ds.identity(),
+        "fit_wall_s": wall, "best": history.best, "validated_on": config.validated_on, "dataset": ds.identity(),
         "device": str(device),
         "threads": torch.get_num_threads(), "processes": ctx.world_size if ctx else 1,
     }  # fmt: skip
@@ -197,58 +194,22 @@ def run_callbacks(config: TrainConfig, out: Path, ctx: distributed.Context | Non
     """What a run folder does, as callbacks: stop and plateau first (their state is saved), then the
     ``best``/``last`` checkpoints, ``metrics.csv``/``history.json``, TensorBoard, and Ctrl-C → save + exit 130.
     """
-    monitor, mode = config.monitor, config.mode
+    monitor, mode = config.monitor, config.monitor_mode
     callbacks: list[cb.Callback] = []
-    if getattr(config, "early_stopping", 0):
+    if config.early_stopping:
         callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=config.early_stopping))
-    if getattr(config, "reduce_lr_on_plateau", 0):
+    if config.reduce_lr_on_plateau:
         callbacks.append(cb.ReduceLROnPlateau(monitor=monitor, mode=mode, patience=config.reduce_lr_on_plateau))
     callbacks += [
         cb.ModelCheckpoint(out / ckpt.BEST, monitor=monitor, mode=mode, save_best_only=True),
         cb.ModelCheckpoint(out / ckpt.LAST, save_every=config.save_every),
         cb.CSVLogger(out),
     ]
-    if getattr(config, "tensorboard", ""):
+    if config.tensorboard:
         callbacks.append(cb.TensorBoard(config.tensorboard))
     if ctx is None:  # under torchrun a Ctrl-C stops every rank at once; the run resumes from its last save
         callbacks.append(cb.GracefulInterrupt(out / ckpt.LAST, f"mnistlab train --resume {out}"))
     return callbacks
-
-
-def _trainer_kwargs(config: TrainConfig) -> dict[str, Any]:
-    if hasattr(config, "trainer_kwargs"):
-        return {k: v for k, v in config.trainer_kwargs().items() if k not in ("device", "verbose")}
-    names = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "seed",
-             "augment", "precision", "channels_last")  # fmt: skip
-    return {k: getattr(config, k) for k in names}
-
-
-def _val_split(config: TrainConfig) -> float:
-    return getattr(config, "val_split", 0) or 0
-
-
-def _selection(config: TrainConfig, split: float) -> dict:
-    """Which data chose the best checkpoint (and early stopping, the plateau): a held-out split or the test set."""
-    if split:
-        return {"split": "validation", "val_split": split, "monitor": config.monitor}
-    return {"split": "test", "monitor": config.monitor}
-
-
-def _merge_resume(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """On resume the saved config wins, except ``epochs`` (the new total) and where-to-run settings."""
-    merged = saved.to_dict()
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if k not in RESUMABLE_OVERRIDES:
-            if merged.get(k) != v:
-                raise ConfigError(
-                    f"cannot change {k} when resuming (saved {merged.get(k)!r}, given {v!r}); "
-                    f"only {', '.join(RESUMABLE_OVERRIDES)} may change"
-                )
-            continue
-        merged[k] = v
-    return TrainConfig.from_dict(merged)
 
 
 def _init_weights(model: torch.nn.Module, source: str) -> None:
@@ -270,27 +231,9 @@ def _init_weights(model: torch.nn.Module, source: str) -> None:
 
 
 def evaluate_run(run: str | Path, which: str = "best", dataset: str | None = None) -> dict:
-    """Loss, accuracy and per-class accuracy of a run's checkpoint on its data set's test split."""
-    loaded = ckpt.load_checkpoint(run, which)
-    cfg = TrainConfig.from_dict(loaded.config) if loaded.config else TrainConfig()
-    if dataset:
-        cfg.dataset, cfg.data_dir = dataset, None
-    ds = load_dataset(cfg, progress=False)
-    x, y = images_to_tensor(ds.x_test), labels_to_tensor(ds.y_test)
-    logits = predict_logits(loaded.model, x)
-    pred = logits.argmax(1)
-    per_class = {}
-    for c, name in enumerate(loaded.class_names):
-        mask = y == c
-        per_class[name] = float((pred[mask] == c).float().mean()) if mask.any() else float("nan")
-    return {
-        "checkpoint": str(loaded.path),
-        "loss": float(torch.nn.functional.cross_entropy(logits, y)),
-        ACC: float((pred == y).float().mean()),
-        "per_class": per_class,
-        "n": len(y),
-        "chosen_on": (loaded.meta.get("selection") or {"split": "test"})["split"],
-    }
+    """Loss, accuracy and per-class accuracy of a run's checkpoint on its data set's test split
+    (``RunFolder.evaluate``; a run without a config is refused unless ``dataset`` names the data set)."""
+    return RunFolder(run).evaluate(which, dataset)
 
 
 def _version() -> str:

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "matplotlib")
-COMMANDS = ["data", "train", "evaluate", "plot", "report", "export", "augment", "predict", "serve"]
+COMMANDS = ["data", "train", "runs", "evaluate", "plot", "report", "export", "augment", "predict", "serve"]
 
 PROBE = """
 import json, sys

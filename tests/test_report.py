@@ -135,5 +135,9 @@ def test_report_bad_input(tmp_path: Path) -> None:
 
 def test_cli_report_bad_input(tmp_path: Path) -> None:
     r = run_cli("report", "nowhere", cwd=tmp_path)
-    assert (r.returncode, r.stdout, r.stderr) == (2, "", "mnistlab: error: nowhere: no such run folder\n")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2,
+        "",
+        "mnistlab: error: nowhere: no such run folder or checkpoint file\n",
+    )
     assert list(tmp_path.iterdir()) == []
