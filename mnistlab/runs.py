@@ -30,13 +30,13 @@ from mnistlab.models import build_model, summary
 from mnistlab.runfolder import RunFolder
 
 
-def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
-    """The model a config asks for, shaped for the data set."""
+def build_for(config: TrainConfig, ds: Dataset, held_out: int = 0) -> torch.nn.Module:
+    """The model a config asks for, shaped for the data set (standardized on its training images only)."""
     kwargs: dict[str, Any] = {"in_shape": ds.input_shape, "num_classes": ds.num_classes}
     if config.width:
         kwargs["width" if config.model == "cnn" else "hidden"] = config.width
     if config.normalize:
-        x = np.asarray(ds.x_train, dtype=np.float32) / 255.0
+        x = np.asarray(ds.x_train[: len(ds.x_train) - held_out], dtype=np.float32) / 255.0
         kwargs["normalize"] = [round(float(x.mean()), 6), round(float(x.std()), 6)]
     return build_model(config.model, **kwargs)
 
@@ -137,14 +137,14 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     verbose = verbose if main else 0
     device = ctx.device if ctx is not None else pick_device(config.device)
     with distributed.main_first():  # rank 0 downloads or decodes into the cache; the others then read it
-        ds = load_dataset(config, progress=verbose > 0)
+        ds = load_dataset(config.replace(limit_train=0) if config.val_split else config, progress=verbose > 0)
+    split = hold_out(config, ds)
     torch.manual_seed(config.seed)
-    model = build_for(config, ds)
+    model = build_for(config, ds, split)
     if init_from:
         _init_weights(model, init_from)
     trainer = Trainer(model, **{**config.trainer_kwargs(), "device": device}, verbose=verbose, dist=ctx)
     table = summary(model, ds.input_shape)
-    split = config.val_split
     trainer.extra_meta = {
         "config": config.to_dict(), "dataset": ds.identity(), "class_names": list(ds.class_names),
         "mnistlab_version": _version(),
@@ -188,6 +188,23 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     if verbose:
         print(result["summary"])
     return result
+
+
+def hold_out(config: TrainConfig, ds: Dataset) -> int:
+    """Put the validation images at the end of ``ds``'s training arrays; return how many there are.
+
+    They are the last ``val_split`` images of the whole training set (as Keras's ``validation_split``),
+    whatever ``limit_train`` keeps of the rest, so a quick run on a subset validates on the same images
+    as a full one and ``--limit-train`` below the held-out count still works.
+    """
+    if not config.val_split:
+        return 0
+    n_val = config.validation_count(len(ds.x_train))
+    keep = len(ds.x_train) - n_val
+    if config.limit_train and config.limit_train < keep:
+        ds.x_train = np.concatenate([ds.x_train[: config.limit_train], ds.x_train[keep:]])
+        ds.y_train = np.concatenate([ds.y_train[: config.limit_train], ds.y_train[keep:]])
+    return n_val
 
 
 def run_callbacks(config: TrainConfig, out: Path, ctx: distributed.Context | None) -> list[cb.Callback]:

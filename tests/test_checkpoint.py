@@ -22,7 +22,8 @@ from mnistlab.datasets import mnist
 from mnistlab.errors import CheckpointError
 from tests.conftest import ROOT, run_cli
 
-ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "4", "--batch-size", "100"]
+ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "4", "--batch-size", "100",
+        "--val-split", "0"]  # fmt: skip
 
 
 def train(out: Path, *extra: str, fault: str = "") -> subprocess.CompletedProcess:
@@ -165,6 +166,8 @@ def test_resume_with_changed_data_is_refused(tmp_path: Path) -> None:
         "--out",
         str(out),
         "--quiet",
+        "--val-split",
+        "0",
         env={"MNISTLAB_FAULT": "epoch:1"},
     )
     assert r.returncode == -signal.SIGKILL

@@ -29,7 +29,8 @@ from mnistlab.errors import ConfigError, DistributedError, MnistlabError
 from mnistlab.runs import train_run
 from tests.conftest import ROOT
 
-ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "3", "--batch-size", "100"]
+ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "3", "--batch-size", "100",
+        "--val-split", "0"]  # fmt: skip
 TIMEOUT = 300  # seconds; a hang fails the test instead of stalling the suite
 
 
@@ -68,7 +69,7 @@ def test_every_rank_ends_with_the_same_weights(ddp_run: Path) -> None:
 
 
 def test_metrics_equal_a_single_process_with_the_same_global_batch(ddp_run: Path, tmp_path: Path) -> None:
-    config = from_preset("fast", limit_train=3000, limit_test=500, epochs=3, batch_size=100)
+    config = from_preset("fast", limit_train=3000, limit_test=500, epochs=3, batch_size=100, val_split=0)
     single = tmp_path / "single"
     train_run(config, single, verbose=0)
     one = json.loads((single / "history.json").read_text())["history"]
