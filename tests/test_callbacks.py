@@ -292,3 +292,20 @@ def test_kill9_with_callbacks_then_resume_is_bit_identical(straight_run: Path, t
     assert (ma["lr_factor"], ma["epoch"], ma["stopped"]) == (mb["lr_factor"], mb["epoch"], mb["stopped"])
     assert (straight_run / "metrics.csv").read_text() == (out / "metrics.csv").read_text()
     assert json.loads((out / "history.json").read_text())["resumed_at"] != []
+
+
+def test_a_run_chooses_its_best_checkpoint_on_held_out_training_images(tmp_path: Path) -> None:
+    from mnistlab.config import from_preset
+    from mnistlab.runs import train_run
+
+    config = from_preset("fast", epochs=2, limit_train=2000, limit_test=500, val_split=1000, early_stopping=5)
+    result = train_run(config, tmp_path / "run", verbose=0)
+    assert result["validated_on"] == "the last 1000 training images"
+    loaded = ckpt.load_checkpoint(tmp_path / "run")
+    assert loaded.meta["fingerprint"]["n_train"] == 2000 and loaded.meta["fingerprint"]["n_val_split"] == 1000
+    assert "EarlyStopping" in loaded.meta["callbacks"]
+    # The held-out images are the last 1,000 of the whole training set (not of the 2,000 kept).
+    (x, y), _ = mnist.load_data()
+    acc = float((loaded.predict(x[-1000:]).argmax(1) == y[-1000:]).mean())
+    assert acc == pytest.approx(result["best"]["value"], abs=1e-6)
+    assert result["best"]["monitor"] == f"val_{ACC}" and acc != result["test"][ACC]
