@@ -283,3 +283,19 @@ def test_kill_and_resume_with_augmentation_and_batch_norm_is_bit_identical(
     (a, _), (b, _) = ckpt.read(straight / ckpt.LAST), ckpt.read(killed / ckpt.LAST)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed run differs"
     assert not torch.equal(a["rng/augment"], a["rank1/rng/augment"])  # two streams, both restored exactly
+
+
+def test_a_trainer_given_no_context_trains_alone_even_inside_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The distributed context is an argument: a process that joined a run trains alone unless it passes it."""
+    from mnistlab.datasets import mnist
+    from mnistlab.engine import Trainer
+    from mnistlab.models import mlp
+
+    joined = distributed.Context(rank=1, world_size=2, local_rank=1, backend="gloo", device=torch.device("cpu"))
+    monkeypatch.setattr(
+        distributed, "_ctx", joined
+    )  # as after setup() on rank 1 (no process group: any collective fails)
+    (x, y), _ = mnist.load_data()
+    trainer = Trainer(mlp(), verbose=0)
+    h = trainer.fit(x[:500], y[:500], batch_size=100, epochs=1)
+    assert trainer.dist is None and trainer.is_main and len(h.epoch) == 1

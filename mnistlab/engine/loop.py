@@ -253,7 +253,7 @@ class Trainer:
                       file=self.stream)  # fmt: skip
             return None
         self.history.resumed_at.append(self.state.epoch + self.state.step / self.steps_per_epoch)
-        return meta.callbacks, ckpt.prefixed(tensors, "callbacks/")
+        return meta.callbacks, {k: v for k, v in tensors.items() if k.startswith("callbacks/")}
 
     def train_epoch(self, data: TrainData, strategy: steps.Step, cbs: CallbackList) -> bool:
         """Train on this epoch's batches from ``state.step`` on; False when interrupted inside it."""
