@@ -4,6 +4,11 @@ Arrays and tensors (NumPy or torch, uint8 or floats in 0..1, images or flattened
 class indices or one-hot labels) and a ``torch.utils.data.Dataset`` become one in-memory tensor pair, so
 a batch is an ``index_select`` of a permutation. A ``DataLoader`` is iterated as it is, each epoch.
 ``validation_split`` holds out the last fraction of the arrays before anything is shuffled, as in Keras.
+
+Exact resume: arrays and Datasets resume bit for bit from any step. A DataLoader shuffles with torch's
+global generator (unless given a ``generator=`` of its own), which a checkpoint restores, so it resumes
+exactly from an epoch's end; resumed mid-epoch, its first batches are skipped, which is exact only for a
+loader that draws the same order again.
 """
 
 from __future__ import annotations
