@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mnistlab import callbacks as cb
 from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, fileio
 from mnistlab.config import TrainConfig, merge_resume
@@ -30,26 +31,15 @@ from mnistlab.models import build_model, summary
 from mnistlab.runfolder import RunFolder
 
 
-def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
-    """The model a config asks for, shaped for the data set."""
+def build_for(config: TrainConfig, ds: Dataset, held_out: int = 0) -> torch.nn.Module:
+    """The model a config asks for, shaped for the data set (standardized on its training images only)."""
     kwargs: dict[str, Any] = {"in_shape": ds.input_shape, "num_classes": ds.num_classes}
     if config.width:
         kwargs["width" if config.model == "cnn" else "hidden"] = config.width
     if config.normalize:
-        x = np.asarray(ds.x_train, dtype=np.float32) / 255.0
+        x = np.asarray(ds.x_train[: len(ds.x_train) - held_out], dtype=np.float32) / 255.0
         kwargs["normalize"] = [round(float(x.mean()), 6), round(float(x.std()), 6)]
     return build_model(config.model, **kwargs)
-
-
-def make_augment(spec: str) -> Any:
-    """The augmentation callable for a ``--augment`` string, or None when empty."""
-    if not spec:
-        return None
-    try:
-        from mnistlab.augment import Augment
-    except ImportError:
-        raise ConfigError("augmentation is not available in this build of mnistlab") from None
-    return Augment.parse(spec)
 
 
 def train_run(
@@ -85,21 +75,23 @@ def train_run(
         if main:
             for stale in out.glob(".*.tmp"):  # half-written files of a killed save (never the real ones)
                 stale.unlink(missing_ok=True)
-        done = ckpt.read_meta(out / ckpt.LAST)
-        if done.get("imported"):  # made by import-keras: weights without a training state
+        meta = ckpt.read_meta(out / ckpt.LAST)
+        if meta.get("imported"):  # made by import-keras: weights without a training state
             raise CheckpointError(f"{out}: an imported model, not a training run; train from it with --init-from {out}")
+        done = ckpt.CheckpointMeta.from_dict(meta)
         # The checkpoint is the source of truth for the config (config.json is a copy for people).
         try:
-            saved = TrainConfig.from_dict(done["config"])
+            saved = TrainConfig.from_dict(done.extra["config"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{out / ckpt.LAST}: no usable config inside ({e})") from None
         config = merge_resume(saved, overrides or {})
-        if done.get("epoch", 0) >= config.epochs and done.get("step", 0) == 0:
-            msg = f"{out}: already trained to {done['epoch']} of {config.epochs} epochs; nothing to do"
+        if done.finished(config.epochs):
+            how = "stopped early after" if done.stopped else "already trained to"
+            msg = f"{out}: {how} {done.epoch} of {config.epochs} epochs; nothing to do"
             if verbose and main:
                 print(msg)
-            return {"summary": msg, "nothing_to_do": True, "epochs": done["epoch"]}
-        distributed.check_same_world(out, done.get("fingerprint", {}).get("world_size", 1), world)
+            return {"summary": msg, "nothing_to_do": True, "epochs": done.epoch}
+        distributed.check_same_world(out, done.fingerprint.get("world_size", 1), world)
     elif config is None:
         raise ConfigError("a config is needed unless resuming")
     elif (out / ckpt.LAST).is_file() and not force:
@@ -149,17 +141,13 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     verbose = verbose if main else 0
     device = ctx.device if ctx is not None else pick_device(config.device)
     with distributed.main_first():  # rank 0 downloads or decodes into the cache; the others then read it
-        ds = load_dataset(config, progress=verbose > 0)
+        ds = load_dataset(config.replace(limit_train=0) if config.val_split else config, progress=verbose > 0)
+    split = hold_out(config, ds)
     torch.manual_seed(config.seed)
-    model = build_for(config, ds)
+    model = build_for(config, ds, split)
     if init_from:
         _init_weights(model, init_from)
-    trainer = Trainer(
-        model, config.optimizer, config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-        schedule=config.schedule, warmup=config.warmup, label_smoothing=config.label_smoothing,
-        seed=config.seed, device=device, augment=make_augment(config.augment), augment_spec=config.augment,
-        precision=config.precision, channels_last=config.channels_last, verbose=verbose,
-    )  # fmt: skip
+    trainer = Trainer(model, **{**config.trainer_kwargs(), "device": device}, verbose=verbose, dist=ctx)
     table = summary(model, ds.input_shape)
     trainer.extra_meta = {
         "config": config.to_dict(), "dataset": ds.identity(), "class_names": list(ds.class_names),
@@ -175,10 +163,10 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     try:
         history = trainer.fit(
             ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
-            validation_data=(ds.x_test, ds.y_test), validation_freq=config.validation_freq,
-            run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.monitor_mode,
-            eval_batch_size=config.eval_batch_size, data_identity=ds.identity(),
-            resume_command=f"mnistlab train --resume {out}",
+            validation_data=None if split else (ds.x_test, ds.y_test), validation_split=split,
+            validation_freq=config.validation_freq, callbacks=run_callbacks(config, out, ctx),
+            resume_from=out / ckpt.LAST if resume else None, eval_batch_size=config.eval_batch_size,
+            data_identity=ds.identity(),
         )  # fmt: skip
     except TrainingInterrupted:
         if resume:
@@ -192,9 +180,9 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     test = trainer.evaluate(ds.x_test, ds.y_test, config.eval_batch_size)
     result = {
         "test": test, "epochs": len(history.epoch), "train_time_s": getattr(trainer, "train_time", wall),
-        "fit_wall_s": wall, "best": history.best, "dataset": ds.identity(), "device": str(device),
+        "fit_wall_s": wall, "best": history.best, "validated_on": config.validated_on, "dataset": ds.identity(),
+        "device": str(device),
         "threads": torch.get_num_threads(), "processes": ctx.world_size if ctx else 1,
-        "validated_on": config.validated_on,
     }  # fmt: skip
     fileio.write_json(out / "result.json", result)
     result["summary"] = (
@@ -204,6 +192,45 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     if verbose:
         print(result["summary"])
     return result
+
+
+def hold_out(config: TrainConfig, ds: Dataset) -> int:
+    """Put the validation images at the end of ``ds``'s training arrays; return how many there are.
+
+    They are the last ``val_split`` images of the whole training set (as Keras's ``validation_split``),
+    whatever ``limit_train`` keeps of the rest, so a quick run on a subset validates on the same images
+    as a full one and ``--limit-train`` below the held-out count still works.
+    """
+    if not config.val_split:
+        return 0
+    n_val = config.validation_count(len(ds.x_train))
+    keep = len(ds.x_train) - n_val
+    if config.limit_train and config.limit_train < keep:
+        ds.x_train = np.concatenate([ds.x_train[: config.limit_train], ds.x_train[keep:]])
+        ds.y_train = np.concatenate([ds.y_train[: config.limit_train], ds.y_train[keep:]])
+    return n_val
+
+
+def run_callbacks(config: TrainConfig, out: Path, ctx: distributed.Context | None) -> list[cb.Callback]:
+    """What a run folder does, as callbacks: stop and plateau first (their state is saved), then the
+    ``best``/``last`` checkpoints, ``metrics.csv``/``history.json``, TensorBoard, and Ctrl-C → save + exit 130.
+    """
+    monitor, mode = config.monitor, config.monitor_mode
+    callbacks: list[cb.Callback] = []
+    if config.early_stopping:
+        callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=config.early_stopping))
+    if config.reduce_lr_on_plateau:
+        callbacks.append(cb.ReduceLROnPlateau(monitor=monitor, mode=mode, patience=config.reduce_lr_on_plateau))
+    callbacks += [
+        cb.ModelCheckpoint(out / ckpt.BEST, monitor=monitor, mode=mode, save_best_only=True),
+        cb.ModelCheckpoint(out / ckpt.LAST, save_every=config.save_every),
+        cb.CSVLogger(out),
+    ]
+    if config.tensorboard:
+        callbacks.append(cb.TensorBoard(config.tensorboard))
+    if ctx is None:  # under torchrun a Ctrl-C stops every rank at once; the run resumes from its last save
+        callbacks.append(cb.GracefulInterrupt(out / ckpt.LAST, f"mnistlab train --resume {out}"))
+    return callbacks
 
 
 def _init_weights(model: torch.nn.Module, source: str) -> None:

@@ -22,7 +22,8 @@ from mnistlab.datasets import mnist
 from mnistlab.errors import CheckpointError
 from tests.conftest import ROOT, run_cli
 
-ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "4", "--batch-size", "100"]
+ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "4", "--batch-size", "100",
+        "--val-split", "0"]  # fmt: skip
 
 
 def train(out: Path, *extra: str, fault: str = "") -> subprocess.CompletedProcess:
@@ -165,6 +166,8 @@ def test_resume_with_changed_data_is_refused(tmp_path: Path) -> None:
         "--out",
         str(out),
         "--quiet",
+        "--val-split",
+        "0",
         env={"MNISTLAB_FAULT": "epoch:1"},
     )
     assert r.returncode == -signal.SIGKILL
@@ -241,3 +244,17 @@ def test_cnn_channels_last_resume_is_bit_identical(tmp_path: Path, precision: st
     train_run(config(1), tmp_path / "b", verbose=0)
     train_run(None, tmp_path / "b", resume=True, overrides={"epochs": 2}, verbose=0)
     assert_identical(tmp_path / "a", tmp_path / "b")
+
+
+def test_cli_kill9_with_early_stopping_and_plateau_resumes_bit_identical(tmp_path: Path) -> None:
+    # The run folder's own callbacks, from the CLI: their state rides in every checkpoint.
+    flags = ["--early-stopping", "2", "--reduce-lr-on-plateau", "1", "--monitor", "val_loss", "--schedule", "constant"]
+    a, b = tmp_path / "straight", tmp_path / "killed"
+    assert train(a, *flags).returncode == 0
+    r = train(b, *flags, "--save-every", "10", fault="step:75")  # mid-epoch 3, last saved at step 70
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert resume(b).returncode == 0
+    assert_identical(a, b)
+    ma, mb = ckpt.read_meta(a / ckpt.LAST), ckpt.read_meta(b / ckpt.LAST)
+    assert set(ma["callbacks"]) == {"EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint"}
+    assert ma["callbacks"] == mb["callbacks"] and ma["lr_factor"] == mb["lr_factor"]
