@@ -167,6 +167,28 @@ def _parse_bool(key: str, value: str) -> bool:
     raise ConfigError(f"augment: {key} must be true or false, got {value!r}")
 
 
+def split_count(n: int, split: float, flag: str = "validation_split") -> int:
+    """How many of ``n`` images a validation split holds out (the last ones, as Keras's ``validation_split``):
+    a fraction in (0, 1), a count ≥ 1, or 0 for none. One rule for ``fit`` and for run configs.
+
+    >>> split_count(60000, 0.1), split_count(60000, 5000), split_count(10, 0)
+    (6000, 5000, 0)
+    """
+    if isinstance(split, bool) or not isinstance(split, (int, float)) or not math.isfinite(split) or split < 0:
+        raise ConfigError(f"{flag} must be a fraction in [0, 1) or a count ≥ 1, got {split!r}")
+    if split == 0:
+        return 0
+    if split >= 1 and split != int(split):
+        raise ConfigError(f"{flag} ≥ 1 is a number of images and must be whole, got {split!r}")
+    k = n - math.ceil(n * (1 - split)) if split < 1 else int(split)
+    if not 1 <= k < n:
+        raise ConfigError(
+            f"{flag} {split!r} holds out {k} of {n} training images; it must leave some of both "
+            f"(a fraction such as {flag} 0.1 fits any size, 0 validates on the test set)"
+        )
+    return k
+
+
 def _val_split(v: float) -> float | int:
     if v == 0 or 0 < v < 1:
         return v
@@ -327,11 +349,7 @@ class TrainConfig:
         >>> TrainConfig(val_split=0.1).validation_count(60000), TrainConfig(val_split=5000).validation_count(60000)
         (6000, 5000)
         """
-        v = self.val_split
-        n = n_train - math.ceil(n_train * (1 - v)) if 0 < v < 1 else int(v)
-        if n >= n_train:
-            raise ConfigError(f"val split {v!r} leaves no training images of {n_train}")
-        return n
+        return split_count(n_train, self.val_split, flag="--val-split")
 
     @property
     def validated_on(self) -> str:

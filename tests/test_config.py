@@ -31,7 +31,7 @@ def test_val_split_refuses_what_is_neither_a_fraction_nor_a_count(value: object)
 def test_val_split_fraction_and_count_hold_out_the_last_images() -> None:
     assert TrainConfig(val_split=0.1).validate().validation_count(60000) == 6000
     assert TrainConfig(val_split=5000.0).validate().val_split == 5000
-    with pytest.raises(ConfigError, match="leaves no training images"):
+    with pytest.raises(ConfigError, match="holds out 100 of 100 training images; it must leave some of both"):
         TrainConfig(val_split=100).validation_count(100)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from mnistlab.config import split_count
 from mnistlab.errors import ConfigError
 from mnistlab.tensors import PIXEL_MAX, images_to_tensor, labels_to_tensor
 
@@ -99,24 +100,6 @@ def prepare(
     if validation_data is not None:  # as in Keras, explicit validation data wins over the split
         val = _val(validation_data, model, device)
     return TrainData(X, Y, None, len(X), batch_size, val, n_val, model)
-
-
-def split_count(n: int, split: float) -> int:
-    """How many of ``n`` images ``validation_split`` holds out: a fraction in (0, 1) (as Keras) or a count ≥ 1.
-
-    >>> split_count(60000, 0.1), split_count(60000, 5000), split_count(10, 0)
-    (6000, 5000, 0)
-    """
-    if isinstance(split, bool) or not isinstance(split, (int, float)) or not math.isfinite(split) or split < 0:
-        raise ConfigError(f"validation_split must be a fraction in [0, 1) or a count ≥ 1, got {split!r}")
-    if split == 0:
-        return 0
-    k = n - math.ceil(n * (1 - split)) if split < 1 else int(split)
-    if split >= 1 and split != int(split):
-        raise ConfigError(f"validation_split ≥ 1 is a number of images and must be whole, got {split!r}")
-    if not 1 <= k < n:
-        raise ConfigError(f"validation_split {split!r} holds out {k} of {n} images; it must leave some of both")
-    return k
 
 
 def _val(
