@@ -24,7 +24,7 @@ from mnistlab.preprocess import (
     read_image,
     to_gray,
 )
-from tests.conftest import shared_dataset
+from tests.helpers import shared_dataset
 
 
 def png(im: Image.Image) -> bytes:
