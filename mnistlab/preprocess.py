@@ -122,7 +122,7 @@ def prepare_image(
 
     >>> p = prepare_image(np.pad(np.full((60, 12), 20, np.uint8), 70, constant_values=230))
     >>> int(p.image.max()), p.bbox
-    (255, (70, 70, 82, 130))
+    (255, (69, 69, 83, 131))
     """
     if kind not in KINDS:
         raise ImageError(f"unknown preprocessing kind {kind!r} (choose from {', '.join(KINDS)})")

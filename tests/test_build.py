@@ -19,7 +19,7 @@ from mnistlab.datasets import build as B
 from mnistlab.datasets import decoding, load, load_data
 from mnistlab.datasets.build import BuildError, ImageOptions, build_dataset, decode_image
 from mnistlab.errors import DatasetError, ImageError
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 N_TRAIN, N_TEST = 300, 100
 

@@ -27,7 +27,7 @@ from mnistlab.cli import main
 from mnistlab.config import from_preset
 from mnistlab.errors import ConfigError, DistributedError, MnistlabError
 from mnistlab.runs import train_run
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "3", "--batch-size", "100",
         "--val-split", "0"]  # fmt: skip

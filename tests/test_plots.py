@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from PIL import Image
 
 from mnistlab import plots
 from mnistlab.analysis import Predictions, load_history, predict_run
 from mnistlab.cli import main
 from mnistlab.errors import ConfigError
+from tests.helpers import run_cli
 
 
 def assert_picture(path: Path, min_size: tuple[int, int] = (300, 200)) -> np.ndarray:

@@ -14,7 +14,7 @@ from mnistlab.errors import CheckpointError, ImageError
 from mnistlab.photolike import draw_digit, photo_set
 from mnistlab.predict import Prediction, Predictor, expand_inputs, interactive, predict_images
 from mnistlab.preprocess import lesson_image
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_interactive_loop_reports_bad_paths_and_asks_again(mlp_run, pictures) ->
     assert interactive(Predictor(mlp_run), ask=eof, say=said.append) == 0
 
 
-# -- the CLI, as a real subprocess ------------------------------------------------------------------
+# -- the CLI, through mnistlab.cli.main ------------------------------------------------------------
 
 
 def test_cli_predict_lines_json_and_exit_codes(mlp_run, pictures, tmp_path) -> None:
@@ -161,7 +161,7 @@ def test_fashion_run_uses_clothes_preprocessing(tmp_path) -> None:
     from mnistlab.config import from_preset
     from mnistlab.datasets import load
     from mnistlab.runs import train_run
-    from tests.conftest import shared_dataset
+    from tests.helpers import shared_dataset
 
     data = shared_dataset("fashion-mnist")
     run = tmp_path / "fashion"

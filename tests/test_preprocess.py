@@ -24,7 +24,7 @@ from mnistlab.preprocess import (
     to_gray,
 )
 from mnistlab.tensors import images_to_tensor
-from tests.conftest import shared_dataset
+from tests.helpers import shared_dataset
 
 
 def png(im: Image.Image) -> bytes:

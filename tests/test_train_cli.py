@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mnistlab.cli import main
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")

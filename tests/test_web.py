@@ -20,7 +20,7 @@ from PIL import Image
 from mnistlab.datasets import mnist
 from mnistlab.photolike import draw_digit, photo_set, stroke_points
 from mnistlab.predict import Predictor
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def png(im: Image.Image) -> bytes:
@@ -299,7 +299,7 @@ def test_browser_high_dpi_touch_and_live_prediction(browser, server) -> None:
 
 
 def test_serve_cli_refuses_bad_arguments(tmp_path, server, mlp_run) -> None:
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     r = run_cli("serve", str(tmp_path / "no-run"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such run folder" in r.stderr
