@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mnistlab.devices import DEVICE_CHOICES, valid_device_name
+from mnistlab.devices import DEVICE_CHOICES, PRECISIONS, valid_device_name
 from mnistlab.errors import ConfigError
 from mnistlab.metrics import KEYS as MONITORS  # what a checkpoint, early stopping or the plateau may watch
 
@@ -279,9 +279,10 @@ class TrainConfig:
     )
     precision: str = setting(
         "fp32",
-        "bf16 runs convolutions and matmuls in bfloat16 under autocast (fast on CPUs with AMX/AVX-512 "
-        "and on GPUs); weights stay float32",
-        choices=("fp32", "bf16"),
+        "bf16 runs convolutions and matmuls in bfloat16 under autocast, weights stay float32; auto takes bf16 "
+        "only where the hardware has native bf16 units (a CPU with AMX or AVX512-BF16, a GPU with bf16), where "
+        "it is faster, and fp32 elsewhere (bf16 is emulated, and slower, on other CPUs)",
+        choices=PRECISIONS,
     )
     channels_last: bool = setting(False, "keep images channels-last in memory (faster bf16 convolutions on CPU)")
     seed: int = setting(0, "random seed; the same seed gives the same numbers")
@@ -561,7 +562,7 @@ PRESETS: dict[str, dict] = {
     # `make bench-best` here: 99.62% median of 3 seeds in 98.8 s of training (Fashion-MNIST: 93.55%, 127.7 s).
     "best": dict(
         model="cnn",
-        precision="bf16",
+        precision="auto",
         channels_last=True,
         epochs=5,
         batch_size=256,

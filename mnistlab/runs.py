@@ -148,6 +148,7 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     if init_from:
         _init_weights(model, init_from)
     trainer = Trainer(model, **{**config.trainer_kwargs(), "device": device}, verbose=verbose, dist=ctx)
+    config = config.replace(precision=trainer.precision)  # what "auto" chose is what the run records
     table = summary(model, ds.input_shape)
     trainer.extra_meta = {
         "config": config.to_dict(), "dataset": ds.identity(), "class_names": list(ds.class_names),
@@ -159,6 +160,8 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
         fileio.write_text(out / "summary.txt", table + "\n")
         if verbose:
             print(table)
+    if verbose:
+        print(f"device {device}, precision {trainer.precision} ({trainer.precision_reason})")
     t0 = time.perf_counter()
     try:
         history = trainer.fit(

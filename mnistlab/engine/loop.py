@@ -43,7 +43,7 @@ from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, faults
 from mnistlab.callbacks import Callback, CallbackList, ProgbarLogger, running_logs
 from mnistlab.config import SCHEDULES
-from mnistlab.devices import accumulator_dtype, pick_device
+from mnistlab.devices import PRECISIONS, accumulator_dtype, pick_device, resolve_precision
 from mnistlab.engine import steps
 from mnistlab.engine.data import TrainData, as_images, as_labels, first_leaf, prepare
 from mnistlab.engine.optim import lr_at, make_optimizer
@@ -101,7 +101,9 @@ class Trainer:
         if dist is not None and device == "auto":
             device = dist.device
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.precision, self.channels_last = precision, channels_last
+        # "auto": bf16 only where the hardware has native bf16 units (devices.resolve_precision)
+        self.precision, self.precision_reason = resolve_precision(precision, self.device)
+        self.channels_last = channels_last
         self.model = (
             model.to(self.device, memory_format=torch.channels_last) if channels_last else model.to(self.device)
         )
@@ -120,7 +122,7 @@ class Trainer:
         self.settings = {
             "optimizer": self.optimizer_name, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
             "schedule": schedule, "warmup": warmup, "label_smoothing": label_smoothing, "seed": seed,
-            "augment": augment_spec, "precision": precision,
+            "augment": augment_spec, "precision": self.precision,
         }  # fmt: skip
         self.schedule, self.warmup, self.seed = schedule, warmup, seed
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -393,8 +395,8 @@ def _check(schedule: str, label_smoothing: float, lr: float, precision: str) -> 
         raise ConfigError(f"label smoothing must lie in [0, 1), got {label_smoothing!r}")
     if not lr > 0:
         raise ConfigError(f"learning rate must be > 0, got {lr!r}")
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def _check_fingerprint(path: Path, old: dict, new: dict, schedule: str, steps_per_epoch: int) -> None:
