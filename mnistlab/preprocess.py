@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,6 +281,37 @@ def prepare_image(
         what = "digit" if kind == "digit" else "object"
         raise EmptyImageError(f"{where}: no {what} found ({'; '.join(prepared.notes) or 'the picture is blank'})")
     return prepared
+
+
+def prepare_files(
+    paths: Sequence[str], names: Sequence[str], options: dict, workers: int
+) -> Iterator[Prepared | ImageError]:
+    """:func:`prepare_image` (with ``options``) on picture files in ``workers`` processes, in order, each
+    input or the ``ImageError`` that refused its picture. Only paths go out and 28×28 inputs come back;
+    each process reads and prepares whole files, a chunk at a time.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # "spawn": a fresh interpreter per worker, never a fork of a process that holds torch's threads.
+    context = multiprocessing.get_context("spawn")
+    chunk = max(1, min(64, len(paths) // (4 * workers)))
+    jobs = [(path, name, options) for path, name in zip(paths, names, strict=True)]
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        for result in pool.map(_prepare_job, jobs, chunksize=chunk):
+            yield ImageError(result) if isinstance(result, str) else result
+
+
+def _one_thread() -> None:
+    cv2.setNumThreads(1)  # the processes already fill the cores
+
+
+def _prepare_job(job: tuple[str, str, dict]) -> Prepared | str:
+    path, name, options = job
+    try:
+        return prepare_image(path, name=name, **options)
+    except ImageError as e:  # sent back as its message: the parent raises or records it
+        return str(e)
 
 
 def kind_for(dataset: str | dict | None, class_names: tuple[str, ...] | list[str] = ()) -> str:
