@@ -3,8 +3,13 @@
 This file imports nothing but NumPy and the standard library (Pillow only when you hand it image
 files), so it can be copied on its own to a machine without PyTorch or mnistlab::
 
-    python numpy_infer.py weights.txt digit.png            # or weights.npz / weights.safetensors
+    python numpy_infer.py weights.txt photo.jpg drawn.png   # or weights.npz / weights.safetensors
     python -m mnistlab.export.numpy_infer weights.npz --npy images.npy
+
+Image files get the same preparation as ``mnistlab predict`` gives them (``--prepare auto``: for a digit
+model, the photo recipe of ``mnistlab.preprocess``: ink polarity, uneven light, dust, crop, thin strokes,
+20×20 box, centre of mass), here in NumPy and Pillow; a test keeps its 28×28 inputs equal to mnistlab's
+within a small tolerance. Options may stand anywhere among the file names.
 
 It reads the three weight formats mnistlab writes (``txt``, ``npz``, ``safetensors``; the ONNX file is
 for onnxruntime), in either tensor layout (``pytorch`` or ``keras``), and runs the ``mlp``, ``lenet5``
