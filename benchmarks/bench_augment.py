@@ -29,7 +29,7 @@ from mnistlab.augment import Augment
 from mnistlab.datasets import load
 from mnistlab.engine import Trainer
 from mnistlab.models import build_model
-from mnistlab.preprocess import images_to_tensor
+from mnistlab.tensors import images_to_tensor
 
 SPEC = "rotation=45,shift=0.15,zoom=0.5"
 REPEATS = 3

@@ -34,8 +34,8 @@ from mnistlab import distributed
 from mnistlab.config import from_preset
 from mnistlab.datasets import mnist
 from mnistlab.models import build_model
-from mnistlab.preprocess import images_to_tensor, labels_to_tensor
 from mnistlab.runs import train_run
+from mnistlab.tensors import images_to_tensor, labels_to_tensor
 
 N_TRAIN, EPOCHS, BATCH, REPEATS = 20_000, 2, 256, 3
 

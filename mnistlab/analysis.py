@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from mnistlab import checkpoint as ckpt
-from mnistlab.engine import KEYS, History
+from mnistlab.config import TrainConfig
+from mnistlab.datasets import load_for
 from mnistlab.errors import CheckpointError, ConfigError
+from mnistlab.metrics import KEYS, History, read_history_json, read_metrics_csv
 
 RUN_MARKERS = ("config.json", "history.json", "metrics.csv", ckpt.LAST, ckpt.BEST)
 
@@ -71,35 +71,10 @@ def _from_path(p: Path) -> tuple[History, str]:
         raise CheckpointError(f"{p}: not a run folder (no {', '.join(RUN_MARKERS[:3])} or checkpoint inside)")
     hist = p / "history.json"
     if hist.is_file():
-        try:
-            d = json.loads(hist.read_text())
-        except ValueError as e:
-            raise CheckpointError(f"{hist}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{hist}: expected a JSON object, got {type(d).__name__}")
-        return History.from_dict(d), str(hist)
+        return read_history_json(hist), str(hist)
     if (p / "metrics.csv").is_file():
-        return _from_csv(p / "metrics.csv"), str(p / "metrics.csv")
+        return read_metrics_csv(p / "metrics.csv"), str(p / "metrics.csv")
     raise CheckpointError(f"{p}: run has no finished epoch yet (no history.json); train it first")
-
-
-def _from_csv(path: Path) -> History:
-    """``metrics.csv`` as a History (it has no resume points or best epoch: those live in history.json)."""
-    h = History()
-    with path.open(newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                epoch = int(row["epoch"]) - 1
-                values = {k: (float(v) if v not in ("", None) else None) for k, v in row.items() if k != "epoch"}
-            except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"{path}, line {line}: not a metrics row ({e})") from None
-            h.epoch.append(epoch)
-            for k, v in values.items():
-                if v is not None:
-                    h.history.setdefault(k, []).append(v)
-            if values.get("val_loss") is not None:
-                h.val_epoch.append(epoch)
-    return h
 
 
 def _check(h: History, where: str) -> None:
@@ -189,16 +164,13 @@ def predict_run(run: str | os.PathLike[str], which: str = "best") -> Predictions
 
 def predictions_of(loaded: ckpt.LoadedModel, which: str = "") -> Predictions:
     """Predict the test split of the data set a loaded checkpoint was trained on."""
-    from mnistlab.config import TrainConfig
-    from mnistlab.runs import load_dataset
-
     if not loaded.config:
         raise CheckpointError(f"{loaded.path}: no run config inside, so its data set is unknown")
     try:
         config = TrainConfig.from_dict(loaded.config)
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{loaded.path}: run config unreadable ({e})") from None
-    ds = load_dataset(config, progress=False)
+    ds = load_for(config, progress=False)
     try:
         probs = loaded.predict(ds.x_test)
     except RuntimeError as e:  # the data set on disk no longer has the shape the model was built for

@@ -35,40 +35,15 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import warnings
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mnistlab.config import FILLS, FLIP_WARNING, FLIPS, SPEC_HELP, AugmentSpec  # noqa: F401 (re-exported)
 from mnistlab.errors import ConfigError
 
-FLIPS = ("none", "horizontal", "vertical", "both")
-FILLS = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}  # our name → grid_sample's
-# Keras's argument names, accepted as aliases so the lesson's numbers can be pasted as they are.
-ALIASES = {
-    "rotation_range": "rotation",
-    "width_shift_range": "width_shift",
-    "height_shift_range": "height_shift",
-    "zoom_range": "zoom",
-    "shear_range": "shear",
-    "fill_mode": "fill",
-}
-FLIP_WARNING = (
-    "flips change what a digit means (a mirrored 2 is no digit, a flipped 6 reads as a 9); "
-    "use flip only for classes that stay themselves when mirrored"
-)
-# The --augment help of every command that takes it.
-SPEC_HELP = (
-    "comma-separated key=value with Keras ImageDataGenerator's meanings: rotation=DEG (angle drawn from ±DEG), "
-    "shift=F (up to ±F of the width and height; width_shift=, height_shift= separately), zoom=Z (scale factor "
-    "from [1-Z, 1+Z]; above 1 shows more, so the digit looks smaller; keep_aspect=true zooms both axes alike), "
-    "shear=DEG (shear angle from ±DEG), flip=none|horizontal|vertical|both (flips change what digits mean), "
-    "fill=nearest|constant|reflect (what fills the border); Keras's names (rotation_range=...) work too"
-)
 # Per-image parameters, in the column order of the internal table (see ``Augment.sample``).
 PARAMS = ("angle", "tx", "ty", "zx", "zy", "shear", "fx", "fy")
 # Uniform numbers drawn per image, always all of them, so a batch consumes the same amount of the
@@ -77,110 +52,16 @@ _DRAWS = 8
 
 
 @dataclass(frozen=True)
-class Augment:
+class Augment(AugmentSpec):
     """Random rotation, shift, zoom, shear and flips, drawn per image; see the module docstring.
 
-    ``shift`` sets both ``width_shift`` and ``height_shift`` unless those are given.
+    The settings, their checks and the spec string live in ``mnistlab.config.AugmentSpec`` (no torch);
+    this adds the transform.
 
     >>> aug = Augment(rotation=10, shift=0.1, zoom=0.1)
     >>> str(aug)
     'rotation=10,shift=0.1,zoom=0.1'
     """
-
-    rotation: float = 0.0
-    shift: float = 0.0
-    zoom: float = 0.0
-    shear: float = 0.0
-    flip: str = "none"
-    keep_aspect: bool = False
-    width_shift: float | None = None
-    height_shift: float | None = None
-    fill: str = "nearest"
-
-    def __post_init__(self) -> None:
-        def number(name: str, lo: float, hi: float, hi_open: bool, unit: str) -> None:
-            v = getattr(self, name)
-            if v is None:
-                return
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"augment: {name} must be a number, got {v!r}")
-            if not (lo <= v < hi if hi_open else lo <= v <= hi):
-                right = ")" if hi_open else "]"
-                raise ConfigError(f"augment: {name} must lie in [{lo:g}, {hi:g}{right}{unit}, got {v!r}")
-            object.__setattr__(self, name, float(v))
-
-        number("rotation", 0, 180, False, " degrees")
-        number("shift", 0, 1, True, " (a fraction of the width/height)")
-        number("width_shift", 0, 1, True, " (a fraction of the width)")
-        number("height_shift", 0, 1, True, " (a fraction of the height)")
-        number("zoom", 0, 1, True, " (factors drawn from [1-zoom, 1+zoom])")
-        number("shear", 0, 90, True, " degrees")
-        if self.flip not in FLIPS:
-            raise ConfigError(f"augment: flip must be one of {', '.join(FLIPS)}, got {self.flip!r}")
-        if self.fill not in FILLS:
-            raise ConfigError(f"augment: fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
-        if not isinstance(self.keep_aspect, bool):
-            raise ConfigError(f"augment: keep_aspect must be true or false, got {self.keep_aspect!r}")
-        if self.flip != "none":
-            warnings.warn(FLIP_WARNING, UserWarning, stacklevel=3)
-
-    # -- the spec string -------------------------------------------------------------------------
-
-    @classmethod
-    def parse(cls, spec: str) -> Augment:
-        """``"rotation=45,shift=0.15,zoom=0.5,shear=0,flip=none"`` → ``Augment``; ``ConfigError`` names a bad field.
-
-        Keras's names (``rotation_range``, ``width_shift_range``, ``zoom_range``, ...) are accepted too;
-        ``""`` and ``"none"`` give an augmentation that changes nothing.
-
-        >>> Augment.parse("rotation_range=45,zoom_range=0.5").rotation
-        45.0
-        """
-        kwargs: dict[str, object] = {}
-        known = {f.name for f in fields(cls)}
-        text = spec.strip()
-        if text.lower() in ("", "none"):
-            return cls()
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            key, eq, value = part.partition("=")
-            key, value = key.strip().lower().replace("-", "_"), value.strip()
-            if key in ("horizontal_flip", "vertical_flip"):  # Keras's booleans
-                if _parse_bool(key, value):
-                    other = "vertical" if key == "horizontal_flip" else "horizontal"
-                    current = kwargs.get("flip", "none")
-                    kwargs["flip"] = "both" if current in (other, "both") else key.split("_")[0]
-                continue
-            key = ALIASES.get(key, key)
-            if not eq or not value:
-                raise ConfigError(f"augment: expected key=value, got {part!r} in {spec!r}")
-            if key not in known:
-                raise ConfigError(f"augment: unknown setting {key!r} in {spec!r} (known: {', '.join(sorted(known))})")
-            if key in kwargs:
-                raise ConfigError(f"augment: {key} given twice in {spec!r}")
-            if key in ("flip", "fill"):
-                kwargs[key] = value.lower()
-            elif key == "keep_aspect":
-                kwargs[key] = _parse_bool(key, value)
-            else:
-                try:
-                    kwargs[key] = float(value)
-                except ValueError:
-                    raise ConfigError(f"augment: {key} must be a number, got {value!r}") from None
-        return cls(**kwargs)  # type: ignore[arg-type]
-
-    def __str__(self) -> str:
-        parts = []
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v == f.default:
-                continue
-            parts.append(
-                f"{f.name}={str(v).lower() if isinstance(v, bool) else format(v, 'g') if isinstance(v, float) else v}"
-            )
-        return ",".join(parts) or "none"
 
     # -- the transform ---------------------------------------------------------------------------
 
@@ -309,22 +190,13 @@ def affine_matrices(p, h: int, w: int):
     return theta
 
 
-def _parse_bool(key: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"augment: {key} must be true or false, got {value!r}")
-
-
 def preview_images(images: np.ndarray, augment: Augment | str, versions: int = 5, seed: int = 0) -> np.ndarray:
     """Each image followed by ``versions`` augmented copies: uint8 ``(N * (versions + 1), H, W[, C])``.
 
     >>> preview_images(np.zeros((2, 28, 28), np.uint8), "rotation=30", versions=3).shape
     (8, 28, 28)
     """
-    from mnistlab.preprocess import images_to_tensor
+    from mnistlab.tensors import images_to_tensor
 
     aug = Augment.parse(augment) if isinstance(augment, str) else augment
     if versions < 1:
@@ -336,38 +208,3 @@ def preview_images(images: np.ndarray, augment: Augment | str, versions: int = 5
     grid = torch.stack(outs, dim=1).flatten(0, 1)  # image-major: original, then its versions
     grid = (grid * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return grid[..., 0] if images.ndim == 3 else grid
-
-
-def preview(
-    augment: Augment | str,
-    path: str | os.PathLike[str] = "preview.png",
-    *,
-    dataset: str = "mnist",
-    count: int = 8,
-    versions: int = 5,
-    seed: int = 0,
-    split: str = "train",
-) -> Path:
-    """Save a PNG grid: one row per image, the original then ``versions`` augmented copies.
-
-    >>> preview("rotation=45,shift=0.15,zoom=0.5", "preview.png")  # doctest: +SKIP
-    PosixPath('preview.png')
-    """
-    from mnistlab.datasets import load
-    from mnistlab.plots import image_grid
-
-    aug = Augment.parse(augment) if isinstance(augment, str) else augment
-    if count < 1:
-        raise ConfigError(f"count must be ≥ 1, got {count}")
-    if split not in ("train", "test"):
-        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
-    ds = load(dataset)
-    x, y = (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
-    idx = np.sort(np.random.default_rng(seed).choice(len(x), min(count, len(x)), replace=False))
-    grid = preview_images(np.asarray(x[idx]), aug, versions, seed)
-    titles = []
-    for i in idx:
-        titles += [f"{ds.class_names[int(y[i])]}"] + [""] * versions
-    return image_grid(
-        grid, titles, path, cols=versions + 1, title=f"{ds.name}: original, then {versions} augmented ({aug})"
-    )

@@ -149,7 +149,7 @@ class LoadedModel:
 
     def predict(self, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
         """Class probabilities for uint8 images (or floats already scaled to 0..1)."""
-        from mnistlab.engine import predict_proba
+        from mnistlab.inference import predict_proba
 
         return predict_proba(self.model, x, batch_size=batch_size)
 

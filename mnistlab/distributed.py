@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mnistlab import fileio
+from mnistlab.devices import pick_device
 from mnistlab.errors import CheckpointError, ConfigError, DistributedError, MnistlabError
 
 # How long a rank waits in a collective for the others (data loading on rank 0 happens inside one).
@@ -141,13 +142,9 @@ def is_main() -> bool:
 
 def device_for(device: str | torch.device, local_rank: int, nproc: int = 1) -> torch.device:
     """The device of the rank ``local_rank`` on its machine: ``cuda:<local_rank>`` on GPUs, else the CPU."""
-    kind = str(device)
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if not kind.startswith("cuda"):
-        return torch.device(kind)
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device {kind!r} asked for, but CUDA is not available here (use --device cpu)")
+    kind = pick_device(str(device), mps=False)  # gloo and nccl carry no MPS tensors
+    if kind.type != "cuda":
+        return kind
     have = torch.cuda.device_count()
     if max(local_rank + 1, nproc) > have:
         raise DistributedError(

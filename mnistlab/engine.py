@@ -23,8 +23,6 @@ slice of every global batch, and the checkpoint also holds every rank's own gene
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import random
@@ -44,15 +42,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mnistlab import checkpoint as ckpt
-from mnistlab import distributed, faults, fileio
+from mnistlab import distributed, faults
 from mnistlab.config import OPTIMIZERS, SCHEDULES
+from mnistlab.devices import accumulator_dtype, pick_device
 from mnistlab.errors import CheckpointError, ConfigError, DistributedError, MnistlabError
+from mnistlab.inference import autocast, predict_logits, predict_proba
 from mnistlab.lean import LeanMLP
-from mnistlab.preprocess import images_to_tensor, labels_to_tensor
+from mnistlab.metrics import ACC, History, write_history
 from mnistlab.progress import Progbar
+from mnistlab.tensors import images_to_tensor, labels_to_tensor
 
-ACC = "sparse_categorical_accuracy"
-KEYS = ("loss", ACC, "val_loss", f"val_{ACC}")
 # Settings that must match to resume a run (epochs may grow when the schedule allows it).
 RESUME_KEYS = ("model", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup",
                "label_smoothing", "batch_size", "seed", "augment", "data", "n_train", "validation_freq",
@@ -65,44 +64,6 @@ class TrainingInterrupted(MnistlabError):
     """Training stopped on SIGINT after saving ``last``; the message holds the resume command."""
 
     exit_code = 130
-
-
-class History:
-    """What ``fit`` returns, as in Keras: ``history.history["loss"]``, one value per epoch."""
-
-    def __init__(self, history: dict[str, list[float]] | None = None, epoch: list[int] | None = None) -> None:
-        self.history: dict[str, list[float]] = history if history is not None else {}
-        self.epoch: list[int] = epoch if epoch is not None else []
-        self.val_epoch: list[int] = []  # the epochs (0-based) that have validation values
-        self.times: list[float] = []  # cumulative training seconds at the end of each epoch
-        self.resumed_at: list[float] = []  # epochs done (fractional mid-epoch) when a run was resumed
-        self.best: dict[str, Any] = {}
-
-    def to_dict(self) -> dict:
-        return {
-            "history": self.history, "epoch": self.epoch, "val_epoch": self.val_epoch, "times": self.times,
-            "resumed_at": self.resumed_at, "best": self.best,
-        }  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, d: dict) -> History:
-        h = cls({k: list(v) for k, v in d.get("history", {}).items()}, list(d.get("epoch", [])))
-        h.val_epoch = list(d.get("val_epoch", []))
-        h.times = list(d.get("times", []))
-        h.resumed_at = list(d.get("resumed_at", []))
-        h.best = dict(d.get("best", {}))
-        return h
-
-    def __repr__(self) -> str:
-        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here (use --device cpu)")
-    return torch.device(device)
 
 
 def lr_at(step: int, total: int, base: float, schedule: str, warmup: float = 0.25) -> float:
@@ -138,41 +99,6 @@ def make_optimizer(
     if name == "nadam":
         return torch.optim.NAdam(params, lr=lr, weight_decay=weight_decay)
     raise ConfigError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, x: torch.Tensor, batch_size: int = 4096, precision: str = "fp32", channels_last: bool = False
-) -> torch.Tensor:
-    """Logits in eval mode, in large batches; ``precision="bf16"`` runs under autocast (float32 logits)."""
-    was = model.training
-    model.eval()
-    try:
-        outs = []
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size]
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with _autocast(xb.device, precision):
-                outs.append(model(xb).float())
-        return torch.cat(outs)
-    finally:
-        model.train(was)
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    # bfloat16 autocast: convolutions and matmuls in bf16 (AMX/AVX-512 on recent CPUs, tensor cores on GPUs),
-    # weights, optimizer state and batch-norm statistics stay float32.
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def predict_proba(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
-    """Softmax probabilities for images (uint8, or floats in 0..1), as a NumPy array ``(N, classes)``."""
-    device = next(model.parameters()).device
-    xt = images_to_tensor(x, device)
-    return torch.softmax(predict_logits(model, xt, batch_size), dim=1).cpu().numpy()
 
 
 class _SigintFlag:
@@ -351,6 +277,7 @@ class Trainer:
             fingerprint["world_size"] = world
 
         g_shuffle = torch.Generator().manual_seed(self.seed)
+        acc = accumulator_dtype(self.device)  # float64 sums, but MPS has no float64
         # Each rank augments its own images with its own stream; rank 0's is a single process's.
         g_aug = torch.Generator(device=self.device).manual_seed(self.seed + 1 + (rank << 32))
         state = {
@@ -414,7 +341,7 @@ class Trainer:
                     print(f"Epoch {epoch + 1}/{epochs}", file=self.stream, flush=True)
                 bar = Progbar(steps_per_epoch, stream=self.stream, enabled=bool(verbose))
                 t0 = time.perf_counter()
-                sums = state["sums"].to(self.device)  # loss sum, correct count, samples seen
+                sums = state["sums"].to(self.device, acc)  # loss sum, correct count, samples seen
                 for step in range(state["step"], steps_per_epoch):
                     idx = perm[step * batch_size : (step + 1) * batch_size]
                     if ddp is not None:  # this rank's slice of the global batch
@@ -430,14 +357,14 @@ class Trainer:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     if lean is not None:
                         logits, loss = lean.step(xb, yb)
-                        loss_sum = loss.double() * len(yb)
+                        loss_sum = loss.to(acc) * len(yb)
                         self.optimizer.step()
                     else:
-                        with _autocast(self.device, self.precision):
+                        with autocast(self.device, self.precision):
                             logits = net(xb).float()
                             if ddp is None:
                                 loss = self.loss_fn(logits, yb)
-                                loss_sum = loss.detach().double() * len(yb)
+                                loss_sum = loss.detach().to(acc) * len(yb)
                             else:
                                 # DDP averages gradients over ranks; scaled so, the average is the gradient of the
                                 # global batch's mean loss, as one process computes it, even for an uneven last batch.
@@ -451,7 +378,7 @@ class Trainer:
                         self.optimizer.step()
                     with torch.no_grad():
                         sums += torch.stack(
-                            (loss_sum, (logits.argmax(1) == yb).sum().double(), torch.tensor(float(len(yb)), dtype=torch.float64, device=sums.device))
+                            (loss_sum, (logits.argmax(1) == yb).sum().to(acc), torch.tensor(float(len(yb)), dtype=acc, device=sums.device))
                         )  # fmt: skip
                     state["global_step"] += 1
                     state["step"] = step + 1
@@ -499,7 +426,7 @@ class Trainer:
                         save(run / ckpt.BEST, epoch_done=True)
                     save(run / ckpt.LAST, epoch_done=True)
                     if rank == 0:
-                        self._write_metrics(run)
+                        write_history(run, self.history)
                     if faults.hit("epoch", state["epoch"]):
                         faults.fire()
                     if sigint is not None and sigint.requested and state["epoch"] < epochs:
@@ -639,25 +566,6 @@ class Trainer:
         state.update(epoch=meta["epoch"], step=meta["step"], global_step=meta["global_step"],
                      train_time=meta["train_time"], sums=own["train/sums"])  # fmt: skip
         return tensors["rng/shuffle_epoch_start"]
-
-    def _write_metrics(self, run: Path) -> None:
-        h = self.history.history
-        cols = ["epoch"] + [k for k in KEYS if k in h] + [k for k in h if k not in KEYS]
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
-        val_epochs = self.history.val_epoch
-        for i, ep in enumerate(self.history.epoch):
-            row: list[Any] = [ep + 1]
-            for k in cols[1:]:
-                if k.startswith("val_"):
-                    j = val_epochs.index(ep) if ep in val_epochs else None
-                    row.append("" if j is None or j >= len(h[k]) else f"{h[k][j]:.6g}")
-                else:
-                    row.append(f"{h[k][i]:.6g}" if i < len(h[k]) else "")
-            w.writerow(row)
-        fileio.write_text(run / "metrics.csv", buf.getvalue())
-        fileio.write_text(run / "history.json", json.dumps(self.history.to_dict(), indent=1) + "\n")
 
 
 def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:

@@ -24,8 +24,10 @@ import numpy as np
 
 from mnistlab import fileio
 from mnistlab.analysis import HistoryLike, Predictions, load_history, predict_run
-from mnistlab.engine import ACC
+from mnistlab.augment import Augment, preview_images
+from mnistlab.datasets import load
 from mnistlab.errors import ConfigError
+from mnistlab.metrics import ACC
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -356,3 +358,35 @@ def plot_run(
             figs.append(plot_per_class(preds))
     paths = [save_figure(fig, path, dpi) for fig, path in zip(figs, outputs, strict=True)]
     return paths, (show_figures(figs) if show else False)
+
+
+def preview_augment(
+    augment: Augment | str,
+    path: str | os.PathLike[str] = "preview.png",
+    *,
+    dataset: str = "mnist",
+    count: int = 8,
+    versions: int = 5,
+    seed: int = 0,
+    split: str = "train",
+) -> Path:
+    """Save a PNG grid: one row per image, the original then ``versions`` augmented copies.
+
+    >>> preview_augment("rotation=45,shift=0.15,zoom=0.5", "preview.png")  # doctest: +SKIP
+    PosixPath('preview.png')
+    """
+    aug = Augment.parse(augment) if isinstance(augment, str) else augment
+    if count < 1:
+        raise ConfigError(f"count must be ≥ 1, got {count}")
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    ds = load(dataset)
+    x, y = (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
+    idx = np.sort(np.random.default_rng(seed).choice(len(x), min(count, len(x)), replace=False))
+    grid = preview_images(np.asarray(x[idx]), aug, versions, seed)
+    titles = []
+    for i in idx:
+        titles += [f"{ds.class_names[int(y[i])]}"] + [""] * versions
+    return image_grid(
+        grid, titles, path, cols=versions + 1, title=f"{ds.name}: original, then {versions} augmented ({aug})"
+    )

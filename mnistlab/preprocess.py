@@ -23,26 +23,23 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from mnistlab import imaging
 from mnistlab.errors import EmptyImageError, ImageError
+from mnistlab.imaging import FULL_SIZE, ImageSource, to_gray  # to_gray and ImageSource: predict and web use them
 
-PIXEL_MAX = 255.0
 # Mean and standard deviation of MNIST training pixels after scaling to 0..1.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
 KINDS = ("digit", "fashion", "plain")
-# Larger pictures are refused before decoding: a 100 KB PNG can claim 50,000 × 50,000 pixels.
-MAX_PIXELS = 40_000_000
 # Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
 WORK_SIDE = 384
 LOW_SIDE = 128  # and at least this large (see _work_scale)
@@ -60,36 +57,6 @@ STRONG_INK = 11.5
 # a clean scan, an MNIST image. Photos of paper spread more (noise, texture, light), and get an estimate.
 FLAT_BORDER = 0.025
 
-FULL_SIZE = "mnistlab.full_size"  # key in a PIL image's info: its size in the file, when decoded smaller
-ImageSource = Image.Image | np.ndarray | bytes | bytearray | str | os.PathLike
-
-
-def images_to_tensor(x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 images ``(N, H, W)`` or ``(N, H, W, C)`` → float32 ``(N, C, H, W)`` in 0..1.
-
-    Float input is taken as already scaled to 0..1 (the lesson divides by 255 before ``fit``).
-
-    >>> images_to_tensor(np.full((2, 28, 28), 255, np.uint8)).shape
-    torch.Size([2, 1, 28, 28])
-    """
-    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
-    if t.ndim == 2:  # a single image
-        t = t.unsqueeze(0)
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
-        t = t.permute(0, 3, 1, 2)
-    else:
-        if t.ndim != 4:
-            raise ValueError(f"expected images of shape (N, H, W) or (N, H, W, C), got {tuple(t.shape)}")
-    if t.dtype == torch.uint8:
-        return t.to(device=device, dtype=torch.float32).div_(PIXEL_MAX).contiguous()
-    return t.to(device=device, dtype=torch.float32).contiguous()
-
-
-def labels_to_tensor(y: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.as_tensor(np.asarray(y)).to(device=device, dtype=torch.long)
-
 
 # -- reading pictures -------------------------------------------------------------------------------
 
@@ -97,116 +64,15 @@ def labels_to_tensor(y: np.ndarray | torch.Tensor, device: torch.device | str = 
 def read_image(src: ImageSource, name: str | None = None) -> Image.Image:
     """Decode a path, encoded bytes, an array or a PIL image into a loaded PIL image, upright (EXIF).
 
-    Refuses what is not an image, truncated files and decompression bombs with ``ImageError`` naming
-    ``name`` (or the path).
+    The one safe decoder, :func:`mnistlab.imaging.open_image`: not-images, truncated files, decompression
+    bombs, folders, FIFOs and devices are refused with ``ImageError`` naming ``name`` (or the path); a
+    big JPEG is decoded at a scale still larger than the working size (its size in the file is then in
+    ``info[FULL_SIZE]``).
 
     >>> read_image(np.zeros((5, 7), np.uint8)).size
     (7, 5)
     """
-    if isinstance(src, Image.Image):
-        _check_pixels(src.size, name or "image")
-        return src
-    if isinstance(src, np.ndarray):
-        return _from_array(src, name or "array")
-    if isinstance(src, bytes | bytearray):
-        where = name or "image data"
-        if not src:
-            raise ImageError(f"{where}: empty file (0 bytes)")
-        return _decode(io.BytesIO(bytes(src)), where)
-    if isinstance(src, str | os.PathLike):
-        path = Path(src)
-        where = name or str(path)
-        if not path.exists():
-            raise ImageError(f"{where}: no such file")
-        if path.is_dir():
-            raise ImageError(f"{where}: is a folder, not an image")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ImageError(f"{where}: cannot read ({e.strerror or e})") from None
-        if not data:
-            raise ImageError(f"{where}: empty file (0 bytes)")
-        return _decode(io.BytesIO(data), where)
-    raise ImageError(f"{name or 'input'}: cannot read an image from a {type(src).__name__}")
-
-
-def _check_pixels(size: tuple[int, int], where: str) -> None:
-    w, h = size
-    if w * h > MAX_PIXELS:
-        raise ImageError(
-            f"{where}: image too large ({w}×{h} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels)"
-        )
-    if w < 1 or h < 1:
-        raise ImageError(f"{where}: image has no pixels ({w}×{h})")
-
-
-def _decode(f: io.BytesIO, where: str) -> Image.Image:
-    with warnings.catch_warnings():
-        # PIL only warns between 89 and 179 megapixels; a warning there is a refusal here.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(f)
-            _check_pixels(im.size, where)  # from the header, before any pixel is decoded
-            full = im.size
-            if im.format == "JPEG":
-                # Let the JPEG decoder scale down by 2/4/8 while decoding: much faster for photos.
-                im.draft(im.mode, (WORK_SIDE, WORK_SIDE))
-            im.load()
-            im = ImageOps.exif_transpose(im) or im  # phone photos store "rotate me" in EXIF
-            if im.size != full:  # remember the real size, so boxes are reported in its pixels
-                turned = (im.width > im.height) != (full[0] > full[1])
-                im.info[FULL_SIZE] = full[::-1] if turned else full
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{where}: image too large (a decompression bomb?)") from None
-        except UnidentifiedImageError:
-            raise ImageError(f"{where}: not an image (PNG, JPEG, GIF, BMP, WebP, TIFF are read)") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise ImageError(
-                f"{where}: unreadable image ({str(e) or type(e).__name__}; truncated or corrupt?)"
-            ) from None
-    return im
-
-
-def _from_array(a: np.ndarray, where: str) -> Image.Image:
-    a = np.asarray(a)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise ImageError(f"{where}: expected an array (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}")
-    _check_pixels((a.shape[1], a.shape[0]), where)
-    if a.dtype != np.uint8:
-        a = np.asarray(a, dtype=np.float64)
-        if not np.isfinite(a).all():
-            raise ImageError(f"{where}: array holds NaN or infinity")
-        scale = 255.0 if a.size and a.max() <= 1.0 else 1.0  # floats in 0..1, or 0..255
-        a = np.clip(a * scale, 0, 255).round().astype(np.uint8)
-    return Image.fromarray(a, {2: "L", 3: "RGB", 4: "RGBA"}[a.ndim if a.ndim == 2 else a.shape[-1]])
-
-
-def to_gray(im: Image.Image) -> np.ndarray:
-    """Luma as float32 0..1 (1 = white), transparent parts flattened onto white (a drawing's paper)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        top = 65535.0 if a.max(initial=0) > 255 else 255.0 if a.max(initial=0) > 1 else 1.0
-        return np.clip(a / top, 0, 1)
-    if im.mode == "1":
-        im = im.convert("L")
-    if im.mode == "P" or (im.mode in ("L", "RGB") and "transparency" in im.info):
-        im = im.convert("RGBA")
-    if im.mode in ("LA", "PA", "La"):
-        im = im.convert("RGBA")
-    if im.mode == "RGBa":
-        im = im.convert("RGBA")
-    if im.mode not in ("L", "RGB", "RGBA"):
-        im = im.convert("RGB")
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    if im.mode == "L":
-        return a
-    gray = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-    if im.mode == "RGBA":
-        alpha = a[..., 3]
-        gray = gray * alpha + (1.0 - alpha)
-    return gray.astype(np.float32)
+    return imaging.open_image(src, name, size=(WORK_SIDE, WORK_SIDE))
 
 
 # -- the prepared input --------------------------------------------------------------------------
@@ -267,7 +133,7 @@ def prepare_image(
     im = read_image(src, where)
     if kind == "plain":
         return _prepare_plain(im, size, channels)
-    gray, scale = _work_gray(im, kind)
+    gray, scale = _work_gray(im, kind, where)
     if kind == "fashion":
         prepared = _prepare_fashion(gray, scale, im.size)
     else:
@@ -346,18 +212,18 @@ def kind_for(dataset: str | dict | None, class_names: tuple[str, ...] | list[str
 # each is one C loop over the pixels, where the NumPy versions made several passes and copies.
 
 
-def _work_gray(im: Image.Image, kind: str) -> tuple[np.ndarray, float]:
-    """The picture's luma (float32 0..1, 1 = white) at working size, and its scale from ``im``."""
+def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, float]:
+    """The picture's luma (float32 0..1, 1 = white) at working size, and its scale from ``im``.
+
+    The decoder's 8-bit gray (:func:`mnistlab.imaging.flatten`: transparency on white paper) is shrunk
+    before it becomes floats: a box average by a whole factor, then bilinear for the rest (less than 2×,
+    where OpenCV's area averaging would cost 8× as much).
+    """
     w0, h0 = im.size
     scale = _work_scale(w0, h0) if kind == "digit" else min(1.0, WORK_SIDE / max(w0, h0))
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
-    gray8 = _gray8(im)
-    if gray8 is None:  # 16-bit, palette with transparency and other rare modes
-        gray = to_gray(im)
-        return (_resize(gray, size) if scale != 1 else gray), scale
+    gray8 = imaging.flatten(im, "gray", where)
     if scale < 1:
-        # Shrunk in 8 bits, before the picture becomes floats: a box average by a whole factor, then
-        # bilinear for the rest (less than 2×, where area averaging would cost 8× as much).
         k = min(w0 // size[0], h0 // size[1])
         small = np.asarray(gray8.reduce(k) if k >= 2 else gray8)
         if small.shape != size[::-1]:
@@ -365,17 +231,6 @@ def _work_gray(im: Image.Image, kind: str) -> tuple[np.ndarray, float]:
         return small.astype(np.float32) * np.float32(1 / 255), scale
     gray = np.asarray(gray8, dtype=np.float32) * np.float32(1 / 255)
     return (_resize(gray, size) if scale != 1 else gray), scale
-
-
-def _gray8(im: Image.Image) -> Image.Image | None:
-    """An ordinary picture's luma as 8-bit ``L`` (PIL's, the same 0.299/0.587/0.114 as :func:`to_gray`),
-    transparent parts on white paper; None for the modes :func:`to_gray` handles on its own. Eight bits
-    cost a quarter of float32 at every step before the working copy."""
-    if "transparency" in im.info or im.mode not in ("L", "RGB", "RGBA", "LA"):
-        return None
-    if im.mode in ("RGBA", "LA"):
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-    return im if im.mode == "L" else im.convert("L")
 
 
 def _work_scale(w: int, h: int) -> float:

@@ -22,8 +22,8 @@ import numpy as np
 from mnistlab import checkpoint as ckpt
 from mnistlab import fileio
 from mnistlab.analysis import Predictions, load_history, predictions_of
-from mnistlab.engine import ACC, KEYS, History
 from mnistlab.errors import CheckpointError, ConfigError
+from mnistlab.metrics import ACC, KEYS, History
 from mnistlab.plots import figure_png, plot_confusion, plot_history, plot_mistakes, plot_per_class
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"

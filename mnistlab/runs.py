@@ -20,20 +20,15 @@ import torch
 from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, fileio
 from mnistlab.config import TrainConfig
-from mnistlab.datasets import Dataset, load
-from mnistlab.engine import ACC, Trainer, TrainingInterrupted, pick_device, predict_logits
+from mnistlab.datasets import Dataset
+from mnistlab.datasets import load_for as load_dataset
+from mnistlab.devices import pick_device
+from mnistlab.engine import Trainer, TrainingInterrupted
 from mnistlab.errors import CheckpointError, ConfigError
+from mnistlab.inference import predict_logits
+from mnistlab.metrics import ACC
 from mnistlab.models import build_model, summary
-from mnistlab.preprocess import images_to_tensor, labels_to_tensor
-
-
-def load_dataset(config: TrainConfig, progress: bool = True) -> Dataset:
-    ds = load(config.dataset, path=config.data_dir, progress=progress)
-    if config.limit_train:
-        ds.x_train, ds.y_train = ds.x_train[: config.limit_train], ds.y_train[: config.limit_train]
-    if config.limit_test:
-        ds.x_test, ds.y_test = ds.x_test[: config.limit_test], ds.y_test[: config.limit_test]
-    return ds
+from mnistlab.tensors import images_to_tensor, labels_to_tensor
 
 
 def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:

@@ -20,8 +20,8 @@ from mnistlab.datasets import load
 from mnistlab.engine import Trainer
 from mnistlab.errors import ConfigError
 from mnistlab.models import build_model
-from mnistlab.preprocess import images_to_tensor
 from mnistlab.runs import train_run
+from mnistlab.tensors import images_to_tensor
 from tests.conftest import run_cli
 
 

@@ -33,8 +33,8 @@ from mnistlab.export.numpy_infer import (
 from mnistlab.export.onnx import onnx_probabilities
 from mnistlab.export.txt import format_weights_txt
 from mnistlab.models import lenet5
-from mnistlab.preprocess import images_to_tensor
 from mnistlab.runs import train_run
+from mnistlab.tensors import images_to_tensor
 from tests.conftest import ROOT, run_cli
 
 PRESETS = ("mlp", "lenet5", "cnn")
@@ -587,3 +587,9 @@ def test_numpy_adaptive_max_pool_matches_torch(size: int) -> None:
     want = torch.nn.AdaptiveMaxPool2d(size)(x).permute(0, 2, 3, 1).numpy()
     got = adaptive_max_pool2d(x.permute(0, 2, 3, 1).numpy(), size)
     np.testing.assert_array_equal(got, want)
+
+
+def test_layout_names_agree_with_the_standalone_runner() -> None:
+    from mnistlab.export import formats, numpy_infer
+
+    assert formats.LAYOUTS == numpy_infer.LAYOUTS

@@ -10,7 +10,7 @@ from mnistlab.datasets import mnist
 from mnistlab.engine import ACC, Trainer
 from mnistlab.lean import LeanMLP
 from mnistlab.models import cnn, mlp
-from mnistlab.preprocess import images_to_tensor
+from mnistlab.tensors import images_to_tensor
 
 
 @pytest.fixture(scope="module")

@@ -46,3 +46,10 @@ def test_presets_forward_and_rebuild_from_spec(name: str, in_shape: tuple[int, i
 def test_unknown_model_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown model 'resnet'"):
         build_model("resnet")
+
+
+def test_config_names_every_model_preset() -> None:
+    from mnistlab.config import MODEL_NAMES
+    from mnistlab.models import MODELS
+
+    assert tuple(MODELS) == MODEL_NAMES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.augment import SPEC_HELP, preview
+from mnistlab.config import SPEC_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    path = preview(
+    from mnistlab.plots import preview_augment
+
+    path = preview_augment(
         args.augment,
         args.output,
         dataset=args.dataset,

@@ -11,7 +11,6 @@ from mnistlab.datasets import download as dl
 from mnistlab.datasets.build import DEFAULT_MAX_PIXELS, FITS, build_dataset
 from mnistlab.datasets.store import data_home
 from mnistlab.errors import DatasetError
-from mnistlab.plots import image_grid
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -178,6 +177,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     else:
         idx = np.sort(np.random.default_rng(args.seed).choice(len(x), count, replace=False))
     titles = [f"#{i}: {names[int(y[i])]}" for i in idx]
+    from mnistlab.plots import image_grid
+
     path = image_grid(np.asarray(x[idx]), titles, args.output, title=f"{args.name} ({args.split})")
     print(f"wrote {path} ({count} images)")
     return 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mnistlab.engine import ACC
-from mnistlab.runs import evaluate_run
+from mnistlab.metrics import ACC
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mnistlab.runs import evaluate_run
+
     r = evaluate_run(args.run, args.which)
     if args.json:
         print(json.dumps(r, indent=2))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.export.core import FORMATS, export_run
-from mnistlab.export.numpy_infer import LAYOUTS
+from mnistlab.export.formats import FORMATS, LAYOUTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mnistlab.export.core import export_run
+
     path = export_run(
         args.run, args.format, args.output, args.layout, which=args.which,
         check=not args.no_check, check_images=args.check_images,

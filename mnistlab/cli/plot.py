@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mnistlab.plots import plot_run
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mnistlab.plots import plot_run
+
     others = args.confusion or args.mistakes or args.per_class
     paths, shown = plot_run(
         args.run, curves=args.curves or not others, confusion=args.confusion, mistakes=args.mistakes,

@@ -12,7 +12,6 @@ import json
 import sys
 
 from mnistlab.errors import ConfigError
-from mnistlab.predict import Predictor, interactive, predict_images
 from mnistlab.preprocess import KINDS
 
 THICKEN = {"auto": None, "on": True, "off": False}
@@ -37,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mnistlab.predict import Predictor, interactive, predict_images
+
     if not args.images and not args.interactive:
         raise ConfigError("give IMAGE paths or folders, or --interactive")
     options = {"which": args.which, "kind": args.kind, "thicken": THICKEN[args.thicken]}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.report import write_report
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write one self-contained HTML page about a run (pictures embedded)")
@@ -17,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mnistlab.report import write_report
+
     path = write_report(args.run, args.output, which=args.which, mistakes=args.mistakes)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB); open it in a browser")
     return 0

@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnistlab import distributed
-from mnistlab.augment import SPEC_HELP
-from mnistlab.config import OPTIMIZERS, PRESETS, SCHEDULES, from_preset
-from mnistlab.models import MODELS
-from mnistlab.runs import train_run
+from mnistlab.config import MODEL_NAMES, OPTIMIZERS, PRESETS, SCHEDULES, SPEC_HELP, from_preset
 
 # CLI flag → config field, for flags that override the preset when given.
 FIELDS = ("dataset", "data_dir", "model", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
@@ -22,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a model into a run folder",
         description="Train a model. Presets: lesson (the course's MLP, Adam, batch 32, 5 epochs), "
-        "fast (same MLP, ≥97.8%% in ~1.5 s), best (CNN, ≥99.6%%). Options override the preset.",
+        "fast (same MLP, ≥97.8% in ~1.5 s), best (CNN, ≥99.6%). Options override the preset.",
     )
     p.add_argument(
         "--preset",
@@ -32,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", help="mnist, fashion_mnist, or a data set path (default: mnist)")
     p.add_argument("--data-dir", help="folder holding the data set's IDX files (looked at first)")
-    p.add_argument("--model", choices=list(MODELS), help="model preset (default: from --preset)")
+    p.add_argument("--model", choices=MODEL_NAMES, help="model preset (default: from --preset)")
     p.add_argument("--width", type=int, help="hidden units (mlp) or base channels (cnn)")
     p.add_argument("--epochs", type=int, help="total epochs to reach, also when resuming (default: from --preset)")
     p.add_argument("--batch-size", type=int, help="training batch size (default: from --preset)")
@@ -55,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and on GPUs); weights stay float32 (default: from --preset)",
     )
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same numbers (default: 0)")
-    p.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--device", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--threads", type=int, help="torch threads, 0 = torch's choice (default: 0)")
     p.add_argument("--validation-freq", type=int, help="validate every N epochs (default: 1)")
     p.add_argument("--save-every", type=int, help="also save 'last' every N steps (default: 0, per epoch only)")
@@ -81,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mnistlab import distributed
+    from mnistlab.runs import train_run
+
     given = {f: getattr(args, f) for f in FIELDS if getattr(args, f) is not None}
     verbose = 0 if args.quiet else 1
     where = {"nproc": args.nproc, "master_port": args.master_port}

@@ -2,7 +2,7 @@
 
 from mnistlab.datasets.build import build_dataset, load_data
 from mnistlab.datasets.specs import FASHION_MNIST, MNIST, SPECS, DatasetSpec, get_spec
-from mnistlab.datasets.store import Dataset, data_home, describe_locations, import_dataset, load
+from mnistlab.datasets.store import Dataset, data_home, describe_locations, import_dataset, load, load_for
 
 __all__ = [
     "FASHION_MNIST",
@@ -15,6 +15,7 @@ __all__ = [
     "describe_locations",
     "get_spec",
     "import_dataset",
+    "load_for",
     "load",
     "load_data",
 ]

@@ -22,6 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from mnistlab.datasets import download as dl
 from mnistlab.datasets import idx
 from mnistlab.datasets.specs import PARTS, SPECS, DatasetSpec, get_spec
 from mnistlab.errors import DatasetError
+
+if TYPE_CHECKING:
+    from mnistlab.config import TrainConfig
 
 EMBEDDED_DIR = Path(__file__).parent / "data"
 BUILT_FORMAT = "mnistlab-dataset"
@@ -402,3 +406,13 @@ def describe_locations(spec: DatasetSpec, path: str | None = None) -> list[dict]
 
 def clear_cache() -> None:
     shutil.rmtree(data_home() / "cache", ignore_errors=True)
+
+
+def load_for(config: TrainConfig, progress: bool = True) -> Dataset:
+    """The data set a run config names, cut to its ``limit_train`` / ``limit_test``."""
+    ds = load(config.dataset, path=config.data_dir, progress=progress)
+    if config.limit_train:
+        ds.x_train, ds.y_train = ds.x_train[: config.limit_train], ds.y_train[: config.limit_train]
+    if config.limit_test:
+        ds.x_test, ds.y_test = ds.x_test[: config.limit_test], ds.y_test[: config.limit_test]
+    return ds

@@ -23,11 +23,11 @@ from mnistlab.checkpoint import LoadedModel, load_checkpoint
 from mnistlab.errors import ConfigError, ExportError, MnistlabError
 from mnistlab.export import numpy_infer
 from mnistlab.export.arrays import npz_bytes, safetensors_bytes
+from mnistlab.export.formats import FORMATS
 from mnistlab.export.graph import Graph, describe
 from mnistlab.export.txt import format_weights_txt
-from mnistlab.preprocess import images_to_tensor
+from mnistlab.tensors import images_to_tensor
 
-FORMATS = ("txt", "npz", "safetensors", "onnx")
 # Parity targets of the exports: the same predicted class everywhere and probabilities within this.
 PROB_TOLERANCE = 1e-5
 

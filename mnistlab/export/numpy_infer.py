@@ -43,6 +43,7 @@ import io
 import json
 import math
 import os
+import stat
 import struct
 import sys
 import zipfile
@@ -453,7 +454,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def images_to_array(images: np.ndarray) -> np.ndarray:
     """uint8 images ``(N, H, W)`` or ``(N, H, W, C)`` → float32 ``(N, C, H, W)`` in 0..1.
 
-    The NumPy twin of ``mnistlab.preprocess.images_to_tensor`` (which needs torch): the same rule,
+    The NumPy twin of ``mnistlab.tensors.images_to_tensor`` (which needs torch): the same rule,
     ``x / 255``, checked against it by the tests. Float input is taken as already scaled to 0..1.
     """
     x = np.asarray(images)
@@ -619,6 +620,7 @@ class NumpyModel:
 
 # Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
 WORK_SIDE = 384
+LOW_SIDE = 128  # and at least this large (see _work_scale)
 # MNIST's recipe: the digit fills a 20×20 box, its centre of mass at pixel (14, 14) of 28×28.
 BOX = 20
 SIDE = 28
@@ -672,13 +674,14 @@ def prepare_fashion(gray: np.ndarray) -> np.ndarray:
 
 
 def _work_scale(w: int, h: int) -> float:
+    """Large pictures to WORK_SIDE, pictures up to that by a whole factor to LOW_SIDE..2×, tiny ones
+    enlarged to LOW_SIDE so the filters have room (as ``mnistlab.preprocess``)."""
     side = max(w, h)
     if side > WORK_SIDE:
         return WORK_SIDE / side
-    if side < 128:
-        # Tiny inputs (an MNIST-sized image) are enlarged so the lighting grid and filters have room.
-        return float(-(-128 // side))
-    return 1.0
+    if side < LOW_SIDE:
+        return float(-(-LOW_SIDE // side))
+    return 1.0 / max(1, side // LOW_SIDE)
 
 
 def _resize(a: np.ndarray, size: tuple[int, int], resample: int | None = None) -> np.ndarray:
@@ -978,32 +981,10 @@ def _prepare_fashion(gray: np.ndarray) -> tuple[np.ndarray | None, str]:
 
 
 def load_gray(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file → its luma, float32 ``(H, W)`` in 0..1 (1 = white), upright (EXIF), transparent
-    parts on white paper; a big JPEG is decoded at 1/2, 1/4 or 1/8 scale, still larger than the
-    recipe's working size (needs Pillow)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.format == "JPEG":
-                im.draft(im.mode, (WORK_SIDE, WORK_SIDE))
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                a = np.asarray(im, dtype=np.float32)
-                top = 65535.0 if a.max(initial=0) > 255 else 255.0 if a.max(initial=0) > 1 else 1.0
-                return np.clip(a / top, 0, 1)
-            if im.mode not in ("L", "RGB") or "transparency" in im.info:
-                im = im.convert("RGBA")
-            a = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable image ({getattr(e, 'strerror', None) or e})") from None
-    if a.ndim == 2:
-        return a
-    gray = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-    if a.shape[-1] == 4:
-        gray = gray * a[..., 3] + (1.0 - a[..., 3])
-    return gray.astype(np.float32)
+    """An image file → its luma, float32 ``(H, W)`` in 0..1 (1 = white), by :func:`decode_image`'s rules
+    (upright, transparent parts on white paper; a big JPEG decoded at 1/2, 1/4 or 1/8 scale, still
+    larger than the recipe's working size) (needs Pillow)."""
+    return decode_image(path, "gray", size=(WORK_SIDE, WORK_SIDE)).astype(np.float32) / np.float32(255.0)
 
 
 def preparation_for(meta: dict) -> str:
@@ -1050,22 +1031,135 @@ def prepare_file(
     return prepare_digit(gray) if how == "digit" else prepare_fashion(gray)
 
 
+# -- reading image files: a copy of mnistlab.imaging's rules (tests/test_imaging.py keeps them equal) --
+
+try:
+    from mnistlab.errors import ImageError as _ImageErrorBase
+except ImportError:  # copied alone to a machine without mnistlab
+    _ImageErrorBase = ValueError  # type: ignore[assignment,misc]
+
+
+class ImageFileError(_ImageErrorBase):
+    """An image file that cannot be used: not a regular file, not an image, or too large."""
+
+
+MAX_PIXELS = 40_000_000  # refused before decoding: a 100 KB PNG can claim 50,000 x 50,000 pixels
+
+
+def read_image_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file (FIFOs, devices and folders are refused before they are opened)."""
+    where = str(path)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageFileError(f"{where}: no such file") from None
+    except OSError as e:
+        raise ImageFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    _check_file_type(st.st_mode, where)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise ImageFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    try:
+        _check_file_type(os.fstat(fd).st_mode, where)
+        parts = []
+        while chunk := os.read(fd, 1 << 20):
+            parts.append(chunk)
+    except OSError as e:
+        raise ImageFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if not parts:
+        raise ImageFileError(f"{where}: empty file (0 bytes)")
+    return b"".join(parts)
+
+
+def _check_file_type(mode: int, where: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise ImageFileError(f"{where}: is a folder, not an image")
+    what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        raise ImageFileError(f"{where}: not a regular file ({what}); only image files are read")
+    raise ImageFileError(f"{where}: not a regular file (a special file); only image files are read")
+
+
+def decode_image(
+    path: str | os.PathLike[str], color: str = "gray", size: Sequence[int] | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """An image file → uint8 ``(H, W)`` (gray) or ``(H, W, 3)``, upright (EXIF), not resized (needs Pillow).
+
+    Transparency is flattened onto white, palettes and CMYK become RGB, 16-bit values are scaled to
+    0..255, gray is Pillow's ``L`` of that RGB. ``size`` (width, height) lets a big JPEG be decoded at
+    1/2, 1/4 or 1/8 scale, never below it. Pictures over ``max_pixels`` are refused from their header.
+    """
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    where = str(path)
+    data = read_image_file(path)
+    unreadable = "unreadable image ({}; truncated or corrupt?)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            msg = "not an image, or a corrupt one (PNG, JPEG, GIF, BMP, WebP, TIFF are read)"
+            raise ImageFileError(f"{where}: {msg}") from None
+        except Image.DecompressionBombError as e:
+            raise ImageFileError(f"{where}: image too large: {e}") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise ImageFileError(f"{where}: " + unreadable.format(str(e) or type(e).__name__)) from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageFileError(
+            f"{where}: image too large: {w}×{h} pixels ({w * h / 1e6:.1f} megapixels; the limit is "
+            f"{max_pixels / 1e6:.1f}, against decompression bombs)"
+        )
+    if w < 1 or h < 1:
+        raise ImageFileError(f"{where}: image has no pixels ({w}×{h})")
+
+    def orientation(im: Image.Image) -> int:
+        try:
+            o = int(im.getexif().get(0x0112, 1))
+        except Exception:  # a corrupt EXIF block is ignored
+            return 1
+        return o if 1 <= o <= 8 else 1
+
+    try:
+        if size is not None and im.format == "JPEG":
+            turned = orientation(im) in (5, 6, 7, 8)
+            im.draft(im.mode, tuple(size[::-1]) if turned else tuple(size))
+        im.load()
+        if orientation(im) != 1:
+            im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            a = np.asarray(im).astype(np.int64)
+            im = Image.fromarray(((np.clip(a, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8), "L")
+        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        mode = "L" if color == "gray" else "RGB"
+        return np.asarray(im if im.mode == mode else im.convert(mode))
+    except Image.DecompressionBombError as e:
+        raise ImageFileError(f"{where}: image too large: {e}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageFileError(f"{where}: " + unreadable.format(str(e) or type(e).__name__)) from None
+
+
 def load_image(path: str | os.PathLike[str], in_shape: Sequence[int], invert: bool = False) -> np.ndarray:
     """An image file → uint8 ``(H, W)`` (gray) or ``(H, W, 3)``, resized to the network's input (needs Pillow).
 
     MNIST digits are white on black; pass ``invert=True`` for a dark digit on white paper.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     c, h, w = in_shape
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            x = np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-        raise WeightsError(f"{path}: not a readable image ({getattr(e, 'strerror', None) or e})") from None
+    x = decode_image(path, "gray" if c == 1 else "rgb", size=(w, h))
+    if x.shape[:2] != (h, w):
+        x = np.asarray(Image.fromarray(x).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
     return 255 - x if invert else x
 
 
@@ -1107,7 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.images and not args.npy:
             p.error("give image files or --npy")
         probs = net.predict(np.concatenate(batches)) if batches else np.zeros((0, 0))
-    except (WeightsError, OSError, ValueError) as e:
+    except (WeightsError, ImageFileError, OSError, ValueError) as e:
         print(f"numpy_infer: error: {e}", file=sys.stderr)
         return 2
     classes = net.class_names or [str(i) for i in range(probs.shape[1])]

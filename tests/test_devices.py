@@ -1,0 +1,111 @@
+"""Device choice: ``auto`` takes CUDA, then MPS, then the CPU; a missing device is a one-line error.
+
+No Apple or CUDA machine runs these tests, so the two availability queries are stood in for; the
+choice logic itself (``pick_device``, ``distributed.device_for``, the config check) runs unchanged.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnistlab import devices, distributed
+from mnistlab.config import TrainConfig
+from mnistlab.errors import ConfigError
+from tests.conftest import run_cli
+
+
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch):
+    """``machine(cuda=..., mps=...)`` makes this process see those devices."""
+
+    def set_(cuda: bool, mps: bool) -> None:
+        monkeypatch.setattr(devices, "cuda_available", lambda: cuda)
+        monkeypatch.setattr(devices, "mps_available", lambda: mps)
+
+    return set_
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_auto_prefers_cuda_then_mps_then_cpu(machine, cuda: bool, mps: bool, expected: str) -> None:
+    machine(cuda=cuda, mps=mps)
+    assert devices.pick_device("auto") == torch.device(expected)
+    assert devices.pick_device() == torch.device(expected)
+
+
+def test_asked_for_devices_that_exist(machine) -> None:
+    machine(cuda=True, mps=True)
+    assert devices.pick_device("mps") == torch.device("mps")
+    assert devices.pick_device("cuda:1") == torch.device("cuda", 1)
+    assert devices.pick_device("cpu") == torch.device("cpu")
+
+
+def test_missing_mps_is_the_same_one_line_error_as_missing_cuda(machine) -> None:
+    machine(cuda=False, mps=False)
+    with pytest.raises(ConfigError) as cuda_err:
+        devices.pick_device("cuda")
+    with pytest.raises(ConfigError) as mps_err:
+        devices.pick_device("mps")
+    assert str(cuda_err.value) == "device 'cuda' asked for, but CUDA is not available here (use --device cpu)"
+    assert str(mps_err.value) == (
+        "device 'mps' asked for, but MPS (Apple GPU) is not available here (use --device cpu)"
+    )
+    assert "\n" not in str(mps_err.value)
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "cuda:", "cuda:x", "mps:0", "", "CPU"])
+def test_unknown_names_are_refused_by_the_config_and_by_pick_device(name: str) -> None:
+    assert not devices.valid_device_name(name)
+    with pytest.raises(ConfigError, match=r"device must be auto, cpu, cuda, cuda:N or mps, got"):
+        TrainConfig(device=name).validate()
+    with pytest.raises(ConfigError, match=r"device must be auto, cpu, cuda, cuda:N or mps, got"):
+        devices.pick_device(name)
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_config_accepts_every_device_name(name: str) -> None:
+    TrainConfig(device=name).validate()  # whether this machine has it is decided when training starts
+
+
+def test_several_processes_never_pick_mps(machine) -> None:
+    # gloo and nccl carry no MPS tensors: DDP on an Apple laptop runs on its CPU.
+    machine(cuda=False, mps=True)
+    assert distributed.device_for("auto", 0, nproc=2) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="trains in one process only"):
+        distributed.device_for("mps", 0, nproc=2)
+    machine(cuda=False, mps=False)
+    with pytest.raises(ConfigError, match="CUDA is not available here"):
+        distributed.device_for("cuda", 0, nproc=2)
+
+
+def test_mps_reports_what_torch_says() -> None:
+    # The real query, unpatched: on this machine it must agree with torch itself.
+    assert devices.mps_available() == torch.backends.mps.is_available()
+    assert devices.cuda_available() == torch.cuda.is_available()
+
+
+def test_cli_device_mps_without_an_apple_gpu_is_one_line(tmp_path) -> None:
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    r = run_cli("train", "--device", "mps", "--epochs", "1", "--limit-train", "100", "--out", str(tmp_path / "r"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "mnistlab: error: device 'mps' asked for, but MPS (Apple GPU) is not available here (use --device cpu)"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_help_lists_mps() -> None:
+    r = run_cli("train", "--help")
+    assert r.returncode == 0
+    assert "mps" in r.stdout
+
+
+def test_metric_sums_avoid_float64_on_mps_only() -> None:
+    # MPS has no float64: the engine's running sums use float32 there, float64 everywhere else.
+    assert devices.accumulator_dtype(torch.device("mps")) == torch.float32
+    assert devices.accumulator_dtype(torch.device("cpu")) == torch.float64
+    assert devices.accumulator_dtype(torch.device("cuda", 0)) == torch.float64
