@@ -634,10 +634,6 @@ FLAT_BORDER = 0.025
 PREPARATIONS = ("auto", "digit", "fashion", "none")
 
 
-class NoDigitError(WeightsError):
-    """A picture with nothing to recognise on it (a blank page, a speck)."""
-
-
 def prepare_digit(gray: np.ndarray, thicken: bool | None = None) -> np.ndarray:
     """MNIST's recipe on a picture's luma (float 0..1, 1 = white): ink made bright on dark, uneven
     light and paper shade removed, specks dropped, cropped to the ink, thin strokes thickened, fitted
@@ -1043,6 +1039,10 @@ class ImageFileError(_ImageErrorBase):
     """An image file that cannot be used: not a regular file, not an image, or too large."""
 
 
+class NoDigitError(ImageFileError):
+    """A picture with nothing to recognise on it (a blank page, a speck)."""
+
+
 MAX_PIXELS = 40_000_000  # refused before decoding: a 100 KB PNG can claim 50,000 x 50,000 pixels
 
 
@@ -1193,8 +1193,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     good.append(prepare_file(f, net.in_shape, how, args.invert))
                     names.append(f)
-                except NoDigitError as e:  # one picture without a digit: say so, go on with the others
-                    print(f"numpy_infer: error: {f}: {e}", file=sys.stderr)
+                except ImageFileError as e:  # one picture that cannot be used: say so, go on with the others
+                    print(f"numpy_infer: error: {e if str(e).startswith(f'{f}: ') else f'{f}: {e}'}", file=sys.stderr)
                     failed += 1
             if good:
                 batches.append(images_to_array(np.stack(good)))
