@@ -42,7 +42,7 @@ MNIST_STD = 0.3081
 KINDS = ("digit", "fashion", "plain")
 # Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
 WORK_SIDE = 384
-LOW_SIDE = 128  # and at least this large (see _work_scale)
+LOW_SIDE = 128  # smaller pictures are enlarged to this (see _work_scale)
 # MNIST's recipe: the digit fills a 20×20 box, its centre of mass at pixel (14, 14) of 28×28
 # (measured on the training set: mean 14.00 ± 0.29 in both axes).
 BOX = 20
@@ -235,15 +235,14 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
 
 def _work_scale(w: int, h: int) -> float:
     """The working copy's scale: large pictures to WORK_SIDE (a digit may fill only a fifth of a photo,
-    and still needs twice the 20-pixel box), pictures up to WORK_SIDE by a whole factor to LOW_SIDE..2×
-    (a canvas or a small photo: the same answers at a quarter of the pixels, measured on 900 photo-like
-    digits and 180 drawings), tiny ones enlarged to LOW_SIDE so the filters have room."""
+    and still needs twice the 20-pixel box), tiny ones enlarged to LOW_SIDE so the filters have room.
+    (Working pictures of up to WORK_SIDE at half size too cost 1-4 of 600 photo-like digits.)"""
     side = max(w, h)
     if side > WORK_SIDE:
         return WORK_SIDE / side
     if side < LOW_SIDE:
         return float(-(-LOW_SIDE // side))
-    return 1.0 / max(1, side // LOW_SIDE)
+    return 1.0
 
 
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
