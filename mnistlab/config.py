@@ -18,6 +18,8 @@ from mnistlab.metrics import KEYS as MONITORS  # what a checkpoint, early stoppi
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 SCHEDULES = ("constant", "onecycle", "cosine", "step")
+# The picture recipes of mnistlab.preprocess (digit, clothes, or none), for --kind.
+KINDS = ("digit", "fashion", "plain")
 # The model presets of mnistlab.models (tests/test_models.py keeps the two equal).
 MODEL_NAMES = ("mlp", "lenet5", "cnn")
 MODES = ("auto", "min", "max")

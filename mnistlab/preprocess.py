@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from mnistlab import imaging
+from mnistlab.config import KINDS
 from mnistlab.errors import EmptyImageError, ImageError
 from mnistlab.imaging import FULL_SIZE, ImageSource, to_gray  # to_gray and ImageSource: predict and web use them
 
@@ -39,7 +40,6 @@ from mnistlab.imaging import FULL_SIZE, ImageSource, to_gray  # to_gray and Imag
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
-KINDS = ("digit", "fashion", "plain")
 # Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
 WORK_SIDE = 384
 LOW_SIDE = 128  # smaller pictures are enlarged to this (see _work_scale)

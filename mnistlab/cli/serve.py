@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mnistlab.config import KINDS
 from mnistlab.errors import ConfigError
-from mnistlab.preprocess import KINDS
 
 THICKEN = {"auto": None, "on": True, "off": False}
 
