@@ -42,11 +42,10 @@ def load_history(source: HistoryLike) -> History:
         history, where = source, "history"
     elif isinstance(source, dict):
         history, where = _from_dict(source), "history"
-    elif isinstance(source, RunFolder):
-        history, where = source.history(), str(source.path)
-    elif isinstance(source, str | os.PathLike):
-        history, where = RunFolder(source).history(), str(source)
-        if not history.epoch and imported_from(source):
+    elif isinstance(source, RunFolder | str | os.PathLike):
+        folder = source if isinstance(source, RunFolder) else RunFolder(source)
+        history, where = folder.history(), str(folder.path)
+        if not history.epoch and imported_from(folder.path):
             return history  # an imported model: a run without training history
     else:
         raise ConfigError(f"expected a History, a dict or a run folder, got {type(source).__name__}")

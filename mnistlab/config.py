@@ -22,6 +22,8 @@ SCHEDULES = ("constant", "onecycle", "cosine", "step")
 KINDS = ("digit", "fashion", "plain")
 # The model presets of mnistlab.models (tests/test_models.py keeps the two equal).
 MODEL_NAMES = ("mlp", "lenet5", "cnn")
+# The spec name of a model that is no preset (import-keras writes it; models.from_spec rebuilds it).
+IMPORTED_MODEL = "sequential"
 MODES = ("auto", "min", "max")
 CONFIG_JSON = "config.json"  # a run folder's copy of its config, for people and for `train --config`
 
@@ -260,7 +262,11 @@ class TrainConfig:
         metavar="DIR",
         shown="the usual places",
     )
-    model: str = setting("mlp", "model preset", choices=MODEL_NAMES)
+    model: str = setting(
+        "mlp",
+        f"model preset ({IMPORTED_MODEL}: a model brought in by import-keras, trained further with --init-from)",
+        choices=(*MODEL_NAMES, IMPORTED_MODEL),
+    )
     normalize: bool = setting(False, "standardise the input with the training images' mean and std (a model layer)")
     width: int | None = setting(None, "hidden units (mlp) or base channels (cnn)", at_least=1, shown="the model's")
     epochs: int = setting(5, "total epochs to reach, also when resuming", at_least=1, resume=True)

@@ -217,7 +217,8 @@ def import_keras(
     net.eval()
     spec = conv.spec
     config = TrainConfig(
-        dataset=dataset, data_dir=data_dir, model=spec["name"], epochs=0,
+        # epochs: the least a config allows; the history (no epoch) says that none was trained here
+        dataset=dataset, data_dir=data_dir, model=spec["name"], epochs=1,
         normalize=bool(spec.get("normalize")), width=spec.get("hidden"),
     )  # fmt: skip
     imported = {
