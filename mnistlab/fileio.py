@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -140,3 +141,13 @@ def check_new_output(
     if not made_by_toolkit(path):
         raise ConfigError(f"{flag} {path}: exists and was not written by mnistlab; refusing to replace it" + again)
     return path
+
+
+def mark_png(data: bytes) -> bytes:
+    """PNG bytes with a ``Software: mnistlab`` text chunk after the header, so ``made_by_toolkit`` knows them."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return data
+    end = 8 + 8 + int.from_bytes(data[8:12], "big") + 4  # signature, IHDR length+type, IHDR data, CRC
+    body = b"tEXtSoftware\0mnistlab"
+    chunk = (len(body) - 4).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    return data[:end] + chunk + data[end:]
