@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(repeatable; default: none)",
     )
     p.add_argument("--max-decodes", type=int, help="pictures decoded and predicted at once (default: one per CPU core)")
+    p.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive (default: 30)"
+    )
     p.add_argument("--quiet", action="store_true", help="no access log lines (default: off)")
     p.set_defaults(func=run)
 
@@ -45,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     mb = args.max_upload_mb
     if not (math.isfinite(mb) and 0 < mb <= MAX_UPLOAD_MB):
         raise ConfigError(f"--max-upload-mb must be a number in (0, {MAX_UPLOAD_MB}], got {mb}")
+    if not (math.isfinite(args.body_timeout) and args.body_timeout > 0):
+        raise ConfigError(f"--body-timeout must be a positive number of seconds, got {args.body_timeout}")
     if args.max_decodes is not None and args.max_decodes < 1:
         raise ConfigError(f"--max-decodes must be ≥ 1, got {args.max_decodes}")
     try:
@@ -57,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
     serve(
         args.run, args.host, args.port, which=args.which, kind=args.kind, thicken=THICKEN[args.thicken],
         max_upload=max(1, int(mb * 1024 * 1024)), access_log=not args.quiet, max_decodes=args.max_decodes,
-        allow_hosts=args.allow_host,
+        allow_hosts=args.allow_host, body_timeout=args.body_timeout,
     )  # fmt: skip
     return 0

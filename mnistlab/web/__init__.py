@@ -104,6 +104,7 @@ def create_app(
     max_decodes: int | None = None,
     allow_hosts: Iterable[str] = (),
     host: str = "127.0.0.1",
+    body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
     """A FastAPI app serving the page and the JSON API for the model in ``run``.
 
@@ -115,6 +116,8 @@ def create_app(
         raise ConfigError(f"max_upload must be ≥ 1 byte, got {max_upload}")
     if max_pixels < 1:
         raise ConfigError(f"max_pixels must be ≥ 1, got {max_pixels}")
+    if not 0 < body_timeout < float("inf"):
+        raise ConfigError(f"body_timeout must be a positive number of seconds, got {body_timeout}")
     decoders = max_decodes if max_decodes is not None else len(os.sched_getaffinity(0))
     if decoders < 1:
         raise ConfigError(f"max_decodes must be ≥ 1, got {decoders}")
@@ -185,7 +188,7 @@ def create_app(
     async def predict(request: Request) -> dict:
         nonlocal waiting
         t0 = time.perf_counter()
-        data, name = await _read_picture(request, max_upload)
+        data, name = await _read_picture(request, max_upload, body_timeout)
         _check_pixels(data, name, max_pixels)
         if waiting >= decoders * QUEUE_PER_DECODER:
             raise ApiError(503, f"server busy: {waiting} pictures are waiting; try again in a moment")
@@ -275,9 +278,9 @@ def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
         )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refusing more than ``limit`` bytes (413) before or while it arrives, and a body
-    slower than ``BODY_TIMEOUT`` seconds in all (408)."""
+    slower than ``timeout`` seconds in all (408)."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
@@ -286,21 +289,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"upload too large: {int(length):,} bytes (the limit is {limit:,})")
     chunks, size = [], 0
     try:
-        with anyio.fail_after(BODY_TIMEOUT):
+        with anyio.fail_after(timeout):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise ApiError(413, f"upload too large: more than {limit:,} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        raise ApiError(408, f"request body too slow: not complete after {BODY_TIMEOUT:g} s") from None
+        raise ApiError(408, f"request body too slow: not complete after {timeout:g} s") from None
     return b"".join(chunks)
 
 
-async def _read_picture(request: Request, limit: int) -> tuple[bytes, str]:
+async def _read_picture(request: Request, limit: int, timeout: float) -> tuple[bytes, str]:
     """The picture's bytes and a name for messages, from any of the accepted request shapes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await _read_body(request, limit)
+    body = await _read_body(request, limit, timeout)
     if not body:
         raise ApiError(400, "empty request: send a picture (multipart field 'file', a data URL, or image bytes)")
     if ctype == "multipart/form-data":
@@ -389,6 +392,7 @@ def serve(
     max_pixels: int = MAX_PIXELS,
     max_decodes: int | None = None,
     allow_hosts: Iterable[str] = (),
+    body_timeout: float = BODY_TIMEOUT,
 ) -> None:
     """Serve the page and API with uvicorn until interrupted (localhost only unless ``host`` says so).
 
@@ -405,7 +409,7 @@ def serve(
         torch.set_num_threads(threads)
     app = create_app(
         run, which=which, kind=kind, thicken=thicken, max_upload=max_upload, max_pixels=max_pixels,
-        max_decodes=max_decodes, allow_hosts=allow_hosts, host=host,
+        max_decodes=max_decodes, allow_hosts=allow_hosts, host=host, body_timeout=body_timeout,
     )  # fmt: skip
     print(f"mnistlab: serving {app.state.predictor.loaded.path} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(
