@@ -116,6 +116,24 @@ def download(
     """
     if not timeout > 0 or timeout == float("inf"):
         raise DatasetError(f"--timeout must be a positive number of seconds, got {timeout}")
+    made = [p for p in (dest_dir, *dest_dir.parents) if not p.exists()]
+    try:
+        _fetch_all(spec, dest_dir, mirrors, timeout, progress, parts)
+    except BaseException:
+        for folder in made:  # a failed download leaves not even the folders it made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _fetch_all(
+    spec: DatasetSpec,
+    dest_dir: Path,
+    mirrors: list[str] | None,
+    timeout: float,
+    progress: bool,
+    parts: list[str] | None,
+) -> None:
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -56,6 +56,8 @@ def read_bytes(path: Path, limit: int | None = None) -> bytes:
 
 def _read_capped(f, where: str, cap: int) -> bytes:
     head = f.read(64)  # a magic and up to 15 dimensions
+    if head[:3] != bytes([0, 0, UBYTE]):
+        return head  # not unsigned-byte IDX: parse() names the wrong magic number
     want = expected_length(head, where)
     if want is not None and want > cap:
         raise DatasetError(

@@ -14,6 +14,7 @@ The first load decodes into ``<data home>/cache/``; later loads memory-map the `
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -170,6 +171,8 @@ def load_path(path: Path) -> Dataset:
         raise DatasetError(f"{path}: no such file or folder (not a known data set name either: {', '.join(SPECS)})")
     if path.is_file() and path.suffix == ".npz":
         arrays = _read_npz(path)
+        for key in ("y_train", "y_test"):
+            _check_labels(arrays[key], f"{path}: {key}")
         spec = _recognise(arrays)
         if spec is not None:
             return _verify_arrays(spec, arrays, str(path))
@@ -527,7 +530,8 @@ def _install(dest: Path, data: bytes, spec: DatasetSpec, key: str, olds: list[Pa
         except OSError as e:
             raise DatasetError(f"{dest}: cannot move the verified copy into place ({e.strerror or e})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only folder it was never made
+            tmp.unlink(missing_ok=True)
 
 
 def describe_locations(spec: DatasetSpec, path: str | None = None) -> list[dict]:
