@@ -57,7 +57,9 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100, force
     fmt = check_output(path, force=force)
     try:
         with fileio.atomic_open(path, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")
+            # Matplotlib signs PNG, SVG and PDF; a JPEG gets our name as a comment (what check_output looks for).
+            extra = {"pil_kwargs": {"comment": b"mnistlab"}} if fmt in ("jpg", "jpeg") else {}
+            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight", **extra)
     except OSError as e:
         raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
     _release(fig)

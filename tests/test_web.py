@@ -185,6 +185,36 @@ def test_server_survives_bad_input_and_concurrent_clients(client, server) -> Non
     assert "Traceback" not in server[2].read_text()
 
 
+def test_sixteen_clients_under_load_get_no_errors(server) -> None:
+    """A short version of ``python -m benchmarks.bench_serve --clients 16 --seconds 15``: 16 keep-alive
+    clients posting what the page sends, for 3 s; every answer is a 200 with the right digit."""
+    import threading
+
+    body = {"image": data_url(png(draw_digit(5, size=280, width=18).convert("RGBA")))}
+    stop = time.monotonic() + 3
+    results: list[tuple[int, float]] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        mine = []
+        with httpx.Client(base_url=server[0], timeout=120) as c:
+            while not mine or time.monotonic() < stop:  # at least one request each, however loaded the machine
+                t = time.perf_counter()
+                r = c.post("/api/predict", json=body)
+                ok = r.status_code == 200 and r.json()["class"] == "5"
+                mine.append((int(ok), time.perf_counter() - t))
+        with lock:
+            results.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(results) >= 16 and all(ok for ok, _ in results), sum(1 - ok for ok, _ in results)
+    assert server[1].poll() is None
+
+
 # -- a real browser ---------------------------------------------------------------------------------
 
 
