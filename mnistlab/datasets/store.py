@@ -9,7 +9,14 @@ Where a known data set is looked for, in order (``mnistlab data list`` prints th
 
 A location counts when it holds all four IDX files (gzipped or not). Its content is verified against
 the canonical MD5s; a file that fails raises ``DatasetError`` and is never deleted or overwritten.
-The first load decodes into ``<data home>/cache/``; later loads memory-map the ``.npy`` files there.
+The first load decodes into ``<data home>/cache/``; later loads memory-map the ``.npy`` files there,
+each first checked against the checksum in the cache's manifest (a damaged cache is rebuilt from the
+verified source, and a note on stderr says so).
+
+Arrays are checked as they come: labels must be whole numbers 0..255 (a float, NaN or negative label
+is refused, never truncated), images ``(N, H, W)`` or channels-last ``(N, H, W, 1|3)``, and a set
+without class names must use every class 0..max label (one stray 255 among 0..9 is refused rather
+than making a 256-class model).
 """
 
 from __future__ import annotations
