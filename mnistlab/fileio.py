@@ -102,7 +102,6 @@ def check_new_output(
     suffixes: tuple[str, ...],
     *,
     force: bool = False,
-    inputs: tuple[str | os.PathLike[str], ...] = (),
     flag: str = "-o",
 ) -> Path:
     """Refuse, with one line, an output path that would destroy something the toolkit did not make.
@@ -110,7 +109,7 @@ def check_new_output(
     The rule every command that writes a file follows (report, plot, export, data grid, augment preview):
     a folder, a device or a FIFO is never written; without ``force`` the file must end in one of
     ``suffixes`` (a picture named ``.safetensors`` is a slip of the keyboard), and an existing file is
-    replaced only when the toolkit wrote it (never a checkpoint, never one of ``inputs``).
+    replaced only when the toolkit wrote it (never a checkpoint).
     Raises ``ConfigError``; returns ``path`` as a ``Path``.
 
     >>> check_new_output("/tmp/new-report.html", (".html",))
@@ -133,9 +132,6 @@ def check_new_output(
         )
     if not path.exists():
         return path
-    resolved = path.resolve()
-    if any(Path(p).resolve() == resolved for p in inputs):
-        raise ConfigError(f"{flag} {path}: is one of the inputs; refusing to replace it" + again)
     if is_checkpoint(path):
         raise ConfigError(f"{flag} {path}: is a checkpoint; refusing to replace it" + again)
     if not made_by_toolkit(path):
