@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from mnistlab.errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
@@ -115,8 +117,6 @@ def check_new_output(
     >>> check_new_output("/tmp/new-report.html", (".html",))
     PosixPath('/tmp/new-report.html')
     """
-    from mnistlab.errors import ConfigError
-
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path}: is a folder; give a file name such as {path / ('out' + suffixes[0])}")
