@@ -341,3 +341,18 @@ def test_serve_cli_refuses_bad_arguments(tmp_path, server, mlp_run) -> None:
     )
     r = run_cli("serve", str(mlp_run), "--port", "70000")
     assert r.returncode == 2 and "port must lie in 0..65535" in r.stderr
+
+
+def test_host_check_rules() -> None:
+    """What the Host header may say: localhost names, the bound address, --allow-host names; with a
+    wildcard bind also any IP address (a rebinding page always sends its own domain name)."""
+    from mnistlab.web import _allowed_hosts, _host_allowed
+
+    local = _allowed_hosts("127.0.0.1", ["Digits.Example"])
+    for ok in ("127.0.0.1:8000", "localhost", "LOCALHOST:80", "[::1]:8000", "a.localhost", "digits.example:8000"):
+        assert _host_allowed(ok, local), ok
+    for bad in ("evil.example", "127.0.0.1.evil.example", "10.0.0.5:8000", "", "localhost.evil.example", "[::2]"):
+        assert not _host_allowed(bad, local), bad
+    wild = _allowed_hosts("0.0.0.0", [])
+    assert _host_allowed("192.168.1.20:8000", wild) and _host_allowed("[fe80::1]:8000", wild)
+    assert not _host_allowed("evil.example", wild)
