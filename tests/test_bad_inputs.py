@@ -662,6 +662,7 @@ def test_six_concurrent_large_pictures_stay_under_1_gb(web) -> None:
         assert list(pool.map(post, [bomb] * 6)) == [400] * 6
         assert set(pool.map(post, [near] * 6)) <= {200, 422}
     mem = _rss(web[1].pid)
+    print(f"server peak RSS {mem['VmHWM'] / 2**20:.0f} MiB, now {mem['VmRSS'] / 2**20:.0f} MiB")
     assert mem["VmHWM"] < 1 << 30, mem
     assert httpx.get(web[0] + "/healthz", timeout=30).status_code == 200
     assert "Traceback" not in web[2].read_text()
