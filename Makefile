@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 run: $(STAMP)  ## train the default model on embedded MNIST into runs/main
 	$(BIN)/mnistlab train --preset fast --out runs/main --force
 
-test: $(STAMP)  ## lint, format check and the test suite (slow tests left out)
+test: $(STAMP)  ## lint, format check, the test suite and the package's >>> examples (slow tests left out)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -m "not slow"

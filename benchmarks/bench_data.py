@@ -54,3 +54,7 @@ def main() -> None:
     print(
         f"target warm ≤ 50 ms: {'met' if warm <= 0.05 else 'MISSED'}; ≥ 5x np.load: {'met' if ref / warm >= 5 else 'MISSED'}"
     )
+
+
+if __name__ == "__main__":
+    main()

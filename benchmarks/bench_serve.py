@@ -5,7 +5,8 @@ its own keep-alive connection, post what the page sends (a 280×280 canvas drawi
 JSON) for ``MNISTLAB_BENCH_SECONDS`` seconds (default 20), ``REPEATS`` times; prints the median of the
 runs. The baseline, measured in the same run, is the same work without HTTP: 8 threads calling
 ``Predictor.predict_one`` in-process (decode, prepare, predict), so the ratio is what serving costs.
-Clients and server share the machine's cores, as they would on a laptop.
+Clients and server share the machine's cores, as they would on a laptop. The server of the code before
+issue 19 (commit ``BASELINE``, unpacked from git) is measured in the same run on the same run folder.
 
 Model: the fast preset trained here in seconds, or ``MNISTLAB_BENCH_RUN=RUN`` (e.g. a CNN run).
 
@@ -31,9 +32,10 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.bench_predict import BASELINE, ROOT, baseline_tree
+
 CLIENTS = 8
 REPEATS = 3
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _picture() -> bytes:
@@ -44,13 +46,15 @@ def _picture() -> bytes:
     return buf.getvalue()
 
 
-def _start(run: Path) -> tuple[subprocess.Popen, str]:
+def _start(run: Path, code: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """``mnistlab serve RUN`` as a subprocess, with the package from ``code`` (this checkout, or the tree
+    of the code before issue 19)."""
     import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "mnistlab", "serve", str(run), "--port", str(port), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -180,28 +184,41 @@ def main(argv: list[str] | None = None) -> None:
             n, _, _ = _load(lambda _s: predictor.predict_one(picture).name == "5", min(seconds, 5))
             base_rps.append(n / min(seconds, 5))
 
-        proc, base = _start(run)
-        try:
-            rows = []
-            for i in range(REPEATS):
-                n, lat, bad = _load(_Http(base, body), seconds)
-                rows.append((n / seconds, _pct(lat, 0.5) * 1e3, _pct(lat, 0.99) * 1e3, bad, n))
-                print(f"run {i + 1}: {rows[-1][0]:.1f} req/s, p50 {rows[-1][1]:.1f} ms, p99 {rows[-1][2]:.1f} ms, "
-                      f"{bad} errors of {n}", flush=True)  # fmt: skip
-            alive = proc.poll() is None
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
-    rps = statistics.median(r[0] for r in rows)
-    print(f"\n{CLIENTS} clients × {seconds:.0f} s on loopback, median of {REPEATS} runs, model: {model}")
-    print(f"  requests/s      {rps:.1f}")
-    print(f"  latency p50     {statistics.median(r[1] for r in rows):.1f} ms")
-    print(f"  latency p99     {statistics.median(r[2] for r in rows):.1f} ms")
-    print(
-        f"  errors          {sum(r[3] for r in rows)} of {sum(r[4] for r in rows)} requests; server alive after: {alive}"
-    )
+        results = {"now": _serve(run, ROOT, body, seconds)}
+        tree = baseline_tree(Path(tmp) / "baseline")
+        if tree is not None:
+            results["before"] = _serve(run, tree, body, seconds)
     base_med = statistics.median(base_rps)
-    print(f"  in-process, no HTTP (baseline): {base_med:.1f} calls/s → serving keeps {rps / base_med:.2f}x of it")
+    print(f"\n{CLIENTS} clients × {seconds:.0f} s on loopback, median of {REPEATS} runs, model: {model}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; 'before' is commit {BASELINE}")
+    print(f"{'':<16}" + "".join(f"{k:>12}" for k in results))
+    for i, label in enumerate(("requests/s", "latency p50 ms", "latency p99 ms")):
+        print(f"  {label:<14}" + "".join(f"{r[i]:>12.1f}" for r in results.values()))
+    print(f"  {'errors':<14}" + "".join(f"{f'{r[3]}/{r[4]}':>12}" for r in results.values()))
+    if "before" in results:
+        print(f"  requests/s now / before: {results['now'][0] / results['before'][0]:.1f}x")
+    print(
+        f"  in-process, no HTTP (baseline): {base_med:.1f} calls/s → serving keeps {results['now'][0] / base_med:.2f}x of it"
+    )
+
+
+def _serve(run: Path, code: Path, body: bytes, seconds: float) -> tuple[float, float, float, int, int]:
+    """Median requests/s, p50 and p99 latency (ms) over ``REPEATS`` loads, errors and requests in all."""
+    proc, base = _start(run, code)
+    try:
+        rows = []
+        for i in range(REPEATS):
+            n, lat, bad = _load(_Http(base, body), seconds)
+            rows.append((n / seconds, _pct(lat, 0.5) * 1e3, _pct(lat, 0.99) * 1e3, bad, n))
+            print(f"{'now' if code == ROOT else 'before'} run {i + 1}: {rows[-1][0]:.1f} req/s, p50 {rows[-1][1]:.1f} ms, "
+                  f"p99 {rows[-1][2]:.1f} ms, {bad} errors of {n}", flush=True)  # fmt: skip
+        if proc.poll() is not None:
+            raise RuntimeError("the server died under load")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    return (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows),
+            statistics.median(r[2] for r in rows), sum(r[3] for r in rows), sum(r[4] for r in rows))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ inside functions too (``tests/test_layers.py`` enforces it):
    arrays to tensors, networks, batch inference, augmentation, pictures.
 3. ``checkpoint``, ``datasets``, ``distributed``: saving and loading, data sets, torchrun.
 4. ``engine``, ``callbacks``: the training loop.
-5. ``runs``, ``analysis``, ``plots``, ``report``, ``predict``, ``export``, ``interop``: what users do with a run.
+5. ``runfolder``, ``runs``, ``analysis``, ``plots``, ``report``, ``predict``, ``export``, ``interop``: what users do with a run.
 6. ``cli``, ``web``: the command line and the web app (each command imports the library only when it runs).
 """
 

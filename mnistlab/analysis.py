@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,17 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mnistlab import checkpoint as ckpt
-from mnistlab.config import TrainConfig
-from mnistlab.datasets import load_for
 from mnistlab.errors import CheckpointError, ConfigError
-from mnistlab.metrics import KEYS, History, read_history_json, read_metrics_csv
-
-RUN_MARKERS = ("config.json", "history.json", "metrics.csv", ckpt.LAST, ckpt.BEST)
+from mnistlab.metrics import KEYS, History
+from mnistlab.runfolder import RunFolder
 
 # What plotting and reporting accept as "a training history".
-HistoryLike = History | dict | str | os.PathLike
+HistoryLike = History | dict | str | os.PathLike | RunFolder
 
 
 def load_history(source: HistoryLike) -> History:
@@ -43,12 +42,28 @@ def load_history(source: HistoryLike) -> History:
         history, where = source, "history"
     elif isinstance(source, dict):
         history, where = _from_dict(source), "history"
+    elif isinstance(source, RunFolder):
+        history, where = source.history(), str(source.path)
     elif isinstance(source, str | os.PathLike):
-        history, where = _from_path(Path(source))
+        history, where = RunFolder(source).history(), str(source)
+        if not history.epoch and imported_from(source):
+            return history  # an imported model: a run without training history
     else:
         raise ConfigError(f"expected a History, a dict or a run folder, got {type(source).__name__}")
     _check(history, where)
     return history
+
+
+def imported_from(run: str | os.PathLike) -> str | None:
+    """Where a run's model came from when ``mnistlab import-keras`` made it (None for a trained run)."""
+    p = Path(run)
+    try:
+        if p.is_dir():
+            d = json.loads((p / "history.json").read_text()) if (p / "history.json").is_file() else {}
+            return d.get("imported_from") if isinstance(d, dict) else None
+        return (ckpt.read_meta(p).get("imported") or {}).get("from") if p.is_file() else None
+    except (ValueError, OSError, CheckpointError):
+        return None
 
 
 def _from_dict(d: dict) -> History:
@@ -60,21 +75,6 @@ def _from_dict(d: dict) -> History:
     h.epoch = list(range(n))
     h.val_epoch = list(range(max((len(v) for k, v in h.history.items() if k.startswith("val_")), default=0)))
     return h
-
-
-def _from_path(p: Path) -> tuple[History, str]:
-    if p.is_file():  # a checkpoint file carries the history up to the moment it was saved
-        return History.from_dict(ckpt.read_meta(p).get("history", {})), str(p)
-    if not p.is_dir():
-        raise CheckpointError(f"{p}: no such run folder")
-    if not any((p / name).exists() for name in RUN_MARKERS):
-        raise CheckpointError(f"{p}: not a run folder (no {', '.join(RUN_MARKERS[:3])} or checkpoint inside)")
-    hist = p / "history.json"
-    if hist.is_file():
-        return read_history_json(hist), str(hist)
-    if (p / "metrics.csv").is_file():
-        return read_metrics_csv(p / "metrics.csv"), str(p / "metrics.csv")
-    raise CheckpointError(f"{p}: run has no finished epoch yet (no history.json); train it first")
 
 
 def _check(h: History, where: str) -> None:
@@ -155,28 +155,14 @@ class Predictions:
         return wrong[np.argsort(-conf, kind="stable")[: max(n, 0)]]
 
 
-def predict_run(run: str | os.PathLike[str], which: str = "best") -> Predictions:
-    """Load a run's ``best`` (or ``last``) checkpoint and predict its data set's test split."""
-    if Path(run).is_dir():
-        load_history(run)  # a folder that is not a run, or has no finished epoch, gets that error first
-    return predictions_of(ckpt.load_checkpoint(run, which), which)
-
-
-def predictions_of(loaded: ckpt.LoadedModel, which: str = "") -> Predictions:
-    """Predict the test split of the data set a loaded checkpoint was trained on."""
-    if not loaded.config:
-        raise CheckpointError(f"{loaded.path}: no run config inside, so its data set is unknown")
-    try:
-        config = TrainConfig.from_dict(loaded.config)
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{loaded.path}: run config unreadable ({e})") from None
-    ds = load_for(config, progress=False)
-    try:
-        probs = loaded.predict(ds.x_test)
-    except RuntimeError as e:  # the data set on disk no longer has the shape the model was built for
-        raise CheckpointError(
-            f"{loaded.path}: model does not fit {ds.name}'s images ({str(e).splitlines()[0]})"
-        ) from None
+def predict_run(run: str | os.PathLike[str] | RunFolder, which: str = "best") -> Predictions:
+    """A run's ``best`` (or ``last``) checkpoint's predictions on its data set's test split."""
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    if run.file is None:
+        run.history()  # a folder that is not a run, or has no finished epoch, gets that error first
+    loaded = run.load(which)
+    ds, logits = run.test_logits(which)
+    probs = torch.softmax(logits, dim=1).numpy()
     trained_on = (loaded.meta.get("dataset") or {}).get("digest")
     return Predictions(
         ds.x_test, ds.y_test, probs, loaded.class_names, source=str(loaded.path),

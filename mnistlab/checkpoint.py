@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,6 +88,50 @@ def read_meta(path: str | os.PathLike[str]) -> dict:
     return read(path)[1]
 
 
+@dataclass
+class CheckpointMeta:
+    """The JSON half of a checkpoint, with named fields instead of string keys.
+
+    ``to_dict`` gives the flat dict stored in the file (unknown keys, e.g. a run's ``config``,
+    ``dataset`` and ``class_names``, travel in ``extra``); ``from_dict`` reads it back.
+
+    >>> CheckpointMeta(epoch=2, extra={"config": {}}).to_dict()["epoch"]
+    2
+    """
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    epoch_done: bool = True
+    train_time: float = 0.0
+    lr_factor: float = 1.0  # ReduceLROnPlateau's multiplier on the scheduled learning rate
+    stopped: bool = False  # a callback (EarlyStopping) ended the run: it is finished
+    fingerprint: dict = field(default_factory=dict)
+    optimizer: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    model_spec: dict | None = None
+    rng: dict = field(default_factory=dict)
+    ranks: list[dict] | None = None
+    callbacks: dict = field(default_factory=dict)  # each stateful callback's state, by its key
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {**self.extra}
+        for f in fields(self):
+            if f.name != "extra" and not (f.name == "ranks" and self.ranks is None):
+                d[f.name] = getattr(self, f.name)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CheckpointMeta:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in known}, extra={k: v for k, v in d.items() if k not in known})
+
+    def finished(self, epochs: int) -> bool:
+        """Whether a run saved with this meta has nothing left to do for a total of ``epochs``."""
+        return self.step == 0 and (self.epoch >= epochs or self.stopped)
+
+
 # -- optimizer state, flattened into named tensors + JSON ---------------------------------------
 
 
@@ -138,6 +183,10 @@ class LoadedModel:
     @property
     def history(self) -> dict:
         return self.meta.get("history", {})
+
+    @property
+    def checkpoint_meta(self) -> CheckpointMeta:
+        return CheckpointMeta.from_dict(self.meta)
 
     @property
     def spec(self) -> dict:

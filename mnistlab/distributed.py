@@ -15,8 +15,8 @@ In your own script, run by ``torchrun --nproc-per-node=2 my_script.py``, every r
 >>> from mnistlab.engine import Trainer
 >>> from mnistlab.models import mlp
 >>> ctx = setup()          # joins the run; None when started without torchrun (then fit trains alone)
->>> trainer = Trainer(mlp(), device=ctx.device if ctx else "auto")  # rank 0 alone will print
->>> history = trainer.fit(x, y, batch_size=256, epochs=3, run_dir="runs/mine")  # doctest: +SKIP
+>>> trainer = Trainer(mlp(), dist=ctx)  # data-parallel only when given the context; rank 0 alone prints
+>>> history = trainer.fit(x, y, batch_size=256, epochs=3)  # doctest: +SKIP
 >>> teardown()
 """
 
@@ -84,6 +84,43 @@ class Context:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    # -- collectives: the trainer calls them on the context it was given, never on a global --------
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` over all ranks, bit-identical on every rank (so decisions taken on it agree)."""
+        buf = t.to(self.device, copy=True)
+        dist.all_reduce(buf)
+        dist.broadcast(buf, 0)  # one rank's bits for all, whatever order the backend summed in
+        return buf.to(t.device)
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank."""
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+    def all_gather_bytes(self, blob: bytes) -> list[bytes]:
+        """Every rank's ``blob``, in rank order (blobs may differ in length)."""
+        size = torch.tensor([len(blob)], dtype=torch.int64, device=self.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size)
+        longest = max(int(s) for s in sizes)
+        buf = torch.zeros(longest, dtype=torch.uint8)
+        buf[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else buf[:0]
+        buf = buf.to(self.device)
+        bufs = [torch.empty_like(buf) for _ in range(self.world_size)]
+        dist.all_gather(bufs, buf)
+        return [bytes(b[: int(s)].cpu().numpy()) for b, s in zip(bufs, sizes, strict=True)]
+
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Give every rank rank 0's buffers (batch-norm statistics), as DDP does before each forward.
+
+        Between forwards each rank's statistics drift by its own last batch; a checkpoint or an evaluation
+        must see the same model on every rank.
+        """
+        for b in module.buffers():
+            dist.broadcast(b, 0)
 
 
 _ctx: Context | None = None
@@ -197,39 +234,16 @@ def teardown() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum of ``t`` over all ranks, bit-identical on every rank (so decisions taken on it agree)."""
-    if _ctx is None:
-        return t
-    buf = t.to(_ctx.device, copy=True)
-    dist.all_reduce(buf)
-    dist.broadcast(buf, 0)  # one rank's bits for all, whatever order the backend summed in
-    return buf.to(t.device)
+    """The sum of ``t`` over all ranks of the joined run (``t`` itself when alone)."""
+    return t if _ctx is None else _ctx.all_reduce_sum(t)
 
 
 def broadcast_flag(flag: bool) -> bool:
-    """Rank 0's ``flag`` on every rank."""
-    if _ctx is None:
-        return flag
-    t = torch.tensor([int(flag)], device=_ctx.device)
-    dist.broadcast(t, 0)
-    return bool(t.item())
+    return flag if _ctx is None else _ctx.broadcast_flag(flag)
 
 
 def all_gather_bytes(blob: bytes) -> list[bytes]:
-    """Every rank's ``blob``, in rank order (blobs may differ in length)."""
-    if _ctx is None:
-        return [blob]
-    dev = _ctx.device
-    size = torch.tensor([len(blob)], dtype=torch.int64, device=dev)
-    sizes = [torch.zeros_like(size) for _ in range(_ctx.world_size)]
-    dist.all_gather(sizes, size)
-    longest = max(int(s) for s in sizes)
-    buf = torch.zeros(longest, dtype=torch.uint8)
-    buf[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else buf[:0]
-    buf = buf.to(dev)
-    bufs = [torch.empty_like(buf) for _ in range(_ctx.world_size)]
-    dist.all_gather(bufs, buf)
-    return [bytes(b[: int(s)].cpu().numpy()) for b, s in zip(bufs, sizes, strict=True)]
+    return [blob] if _ctx is None else _ctx.all_gather_bytes(blob)
 
 
 def barrier() -> None:
@@ -238,15 +252,8 @@ def barrier() -> None:
 
 
 def sync_buffers(module: nn.Module) -> None:
-    """Give every rank rank 0's buffers (batch-norm statistics), as DDP does before each forward.
-
-    Between forwards each rank's statistics drift by its own last batch; a checkpoint or an evaluation
-    must see the same model on every rank.
-    """
-    if _ctx is None:
-        return
-    for b in module.buffers():
-        dist.broadcast(b, 0)
+    if _ctx is not None:
+        _ctx.sync_buffers(module)
 
 
 @contextlib.contextmanager

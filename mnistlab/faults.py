@@ -6,6 +6,17 @@ step N), ``error-step:N`` (a ``MnistlabError`` raised after step N). Timing a ``
 cannot hit "during a save" reliably; this can, and the process still dies by the real signal, with no
 chance to clean up. ``MNISTLAB_FAULT_RANK=R`` limits the fault to rank R of a multi-process run
 (torchrun's ``RANK``), so one rank fails while the others carry on.
+
+The variables are read when a fault point asks, not at import, so a test can set them in its own
+process (``error-step`` needs no new interpreter). Unset, a fault point costs one dictionary lookup.
+
+>>> import os
+>>> os.environ["MNISTLAB_FAULT"] = "error-step:3"
+>>> [hit("step", n) for n in (2, 3)]
+[False, True]
+>>> del os.environ["MNISTLAB_FAULT"]
+>>> hit("step", 3)
+False
 """
 
 from __future__ import annotations
@@ -15,25 +26,34 @@ import signal
 
 from mnistlab.errors import MnistlabError
 
-_spec = os.environ.get("MNISTLAB_FAULT", "")
-_kind, _, _n = _spec.partition(":")
-_target = int(_n) if _n.isdigit() else -1
-_rank = os.environ.get("MNISTLAB_FAULT_RANK", "")
-_counts: dict[str, int] = {}
+ENV = "MNISTLAB_FAULT"
+_counts: dict[tuple[str, str], int] = {}  # (spec, kind) -> events seen in this process
 
 
 def hit(kind: str, value: int | None = None) -> bool:
     """True when the configured fault is ``kind`` and this is its N-th event (or ``value`` equals N)."""
-    if not _spec or not _kind.endswith(kind):
+    spec = os.environ.get(ENV)
+    if not spec:  # the hot path: asked after every step; one lookup, microseconds against a step's milliseconds
         return False
-    if _rank and _rank != os.environ.get("RANK", "0"):  # read now: a launched worker gets RANK after import
+    fault, _, n = spec.partition(":")
+    if not fault.endswith(kind):
+        return False
+    rank = os.environ.get("MNISTLAB_FAULT_RANK", "")
+    if rank and rank != os.environ.get("RANK", "0"):
         return False
     if value is None:
-        _counts[kind] = value = _counts.get(kind, 0) + 1
-    return value == _target
+        _counts[spec, kind] = value = _counts.get((spec, kind), 0) + 1
+    return n.isdigit() and value == int(n)
 
 
 def fire() -> None:
-    if _kind.startswith("error"):
-        raise MnistlabError(f"fault injected by MNISTLAB_FAULT={_spec}")
-    os.kill(os.getpid(), signal.SIGINT if _kind.startswith("sigint") else signal.SIGKILL)
+    """Deliver the configured fault: raise ``MnistlabError``, or send this process SIGINT or SIGKILL."""
+    spec = os.environ.get(ENV, "")
+    if spec.startswith("error"):
+        raise MnistlabError(f"fault injected by {ENV}={spec}")
+    os.kill(os.getpid(), signal.SIGINT if spec.startswith("sigint") else signal.SIGKILL)
+
+
+def reset() -> None:
+    """Forget the events counted so far, as a new process would (for running commands in one process)."""
+    _counts.clear()

@@ -1,6 +1,7 @@
 """Crash-safe file writing: a temp file in the same folder, flush + fsync, then ``os.replace``.
 
-A reader (or a ``kill -9`` at any moment) sees either the old file or the new one, never half of one.
+A reader (or a ``kill -9`` at any moment) sees either the old file or the new one, never half of one;
+:func:`atomic_folder` does the same for a whole folder.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -37,6 +39,42 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str], prefix: str | None = None) -> Iterator[Path]:
+    """Yield a new hidden folder beside ``path``; on clean exit it takes ``path``'s place at once.
+
+    A folder already at ``path`` is moved aside, replaced, then deleted (and put back if the swap
+    fails); on an exception (or Ctrl-C) the new folder is deleted and ``path`` is left as it was. A
+    process killed inside the block leaves the hidden folder behind: ``prefix`` (default
+    ``.NAME.new-``) names it so that the caller can recognise and remove it later. Checks that must
+    hold at the moment of the swap belong at the end of the block.
+
+    >>> with atomic_folder("/tmp/atomic-example") as tmp:
+    ...     write_text(tmp / "hello.txt", "hello")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{path.name}.new-", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old / path.name, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
 

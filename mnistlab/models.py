@@ -137,6 +137,68 @@ def cnn(
     )
 
 
+class ChannelStandardize(nn.Module):
+    """``(x - mean[c]) / std[c]`` per channel, with fixed numbers (Keras's per-channel ``Normalization``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels, 1, 1))
+        self.register_buffer("std", torch.ones(channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Reshape(nn.Module):
+    """Reshape each sample to ``shape`` (the batch axis stays)."""
+
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+def _layer(d: dict) -> nn.Module:
+    op = d.get("op")
+    if op == "standardize":
+        return Standardize(d["mean"], d["std"])
+    if op == "channel_standardize":
+        return ChannelStandardize(d["channels"])
+    if op == "reshape":
+        return Reshape(d["shape"])
+    if op == "flatten":
+        return nn.Flatten()
+    if op == "relu":
+        return nn.ReLU()
+    if op == "linear":
+        return nn.Linear(d["in_features"], d["out_features"], bias=d.get("bias", True))
+    if op == "conv2d":
+        return nn.Conv2d(d["in_channels"], d["out_channels"], d["kernel_size"], d["stride"], d["padding"],
+                         bias=d.get("bias", True))  # fmt: skip
+    if op in ("batchnorm2d", "batchnorm1d"):
+        kind = nn.BatchNorm2d if op == "batchnorm2d" else nn.BatchNorm1d
+        return kind(d["num_features"], eps=d["eps"], momentum=d.get("momentum", 0.1))
+    if op == "maxpool2d":
+        return nn.MaxPool2d(d["kernel_size"], d["stride"], d.get("padding", 0))
+    if op == "avgpool2d":
+        return nn.AvgPool2d(d["kernel_size"], d["stride"], d.get("padding", 0), count_include_pad=False)
+    raise ConfigError(f"unknown layer {op!r} in a sequential model spec")
+
+
+def sequential(layers: list[dict], in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> Named:
+    """A model described by a list of layers, e.g. ``[{"op": "flatten"}, {"op": "linear", "in_features": 784,
+    "out_features": 10}]``: how ``mnistlab import-keras`` stores a Keras model that is none of the presets."""
+    if not isinstance(layers, list) or not all(isinstance(d, dict) for d in layers):
+        raise ConfigError(f"a sequential model needs a list of layer dicts, got {layers!r}")
+    try:
+        modules = [_layer(d) for d in layers]
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"sequential model spec: bad layer ({e})") from None
+    return Named("sequential", *modules, layers=layers, in_shape=list(in_shape), num_classes=num_classes)
+
+
 MODELS: dict[str, Callable[..., Named]] = {"mlp": mlp, "lenet5": lenet5, "cnn": cnn}
 
 
@@ -158,6 +220,11 @@ def from_spec(spec: dict) -> Named:
         raise ConfigError(f"model spec has no preset name: {spec}")
     if "in_shape" in spec:
         spec["in_shape"] = tuple(spec["in_shape"])
+    if name == "sequential":  # an imported model: its layers are in the spec, it is no preset
+        try:
+            return sequential(**spec)
+        except TypeError as e:
+            raise ConfigError(f"model 'sequential': {e}") from None
     return build_model(name, **spec)
 
 

@@ -108,14 +108,17 @@ def draw_digit(
     return im.resize((size, size), Image.BOX)
 
 
-def render_photo(digit: np.ndarray, rng: np.random.Generator, quality: int | None = None) -> bytes:
-    """A phone photo (JPEG bytes, RGB) of a 28×28 data set digit printed as dark ink on paper.
+def render_photo(
+    digit: np.ndarray, rng: np.random.Generator, quality: int | None = None, sides: tuple[int, int] = (240, 640)
+) -> bytes:
+    """A phone photo (JPEG bytes, RGB) of a 28×28 data set digit printed as dark ink on paper, each side
+    drawn from ``sides`` (pixels, inclusive).
 
     >>> photo = render_photo(np.pad(np.full((20, 4), 255, np.uint8), 4), np.random.default_rng(0))
     >>> Image.open(io.BytesIO(photo)).mode
     'RGB'
     """
-    W, H = int(rng.integers(240, 641)), int(rng.integers(240, 641))
+    W, H = int(rng.integers(sides[0], sides[1] + 1)), int(rng.integers(sides[0], sides[1] + 1))
     paper = _paper(W, H, rng)
     ink = _ink_alpha(digit, W, H, rng)
     pencil = rng.random() < 0.4
@@ -198,8 +201,10 @@ def _dust(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def photo_set(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
+def photo_set(
+    x: np.ndarray, y: np.ndarray, n: int, seed: int = 0, sides: tuple[int, int] = (240, 640)
+) -> tuple[list[bytes], np.ndarray]:
     """``n`` photo-like JPEGs of the first ``n`` images of ``x`` (28×28 uint8), and their labels."""
     rng = np.random.default_rng(seed)
     n = min(n, len(x))
-    return [render_photo(x[i], rng) for i in range(n)], np.asarray(y[:n]).copy()
+    return [render_photo(x[i], rng, sides=sides) for i in range(n)], np.asarray(y[:n]).copy()

@@ -26,7 +26,7 @@ from mnistlab import fileio
 from mnistlab.analysis import HistoryLike, Predictions, load_history, predict_run
 from mnistlab.augment import Augment, preview_images
 from mnistlab.datasets import load
-from mnistlab.errors import ConfigError
+from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.metrics import ACC
 
 if TYPE_CHECKING:
@@ -178,6 +178,15 @@ def plot_history(source: HistoryLike, path: str | os.PathLike[str] | None = None
     h = load_history(source)
     fig = new_figure((11, 4.2))
     axes = fig.subplots(1, 2)
+    if not h.epoch:  # a run made by import-keras: a model, but no epochs trained here
+        for ax, what in zip(axes, ("Accuracy", "Loss"), strict=True):
+            ax.set_title(f"Training and Validation {what}")
+            ax.text(0.5, 0.5, "no training history\n(the model was imported, not trained here)",
+                    ha="center", va="center", transform=ax.transAxes, color="gray")  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+        return _finish(fig, path, dpi)
+    smoothing = _label_smoothing(source)
     x_train = [e + 1 for e in h.epoch]
     x_val = [e + 1 for e in h.val_epoch]
     acc_key = next((k for k in ACC_KEYS if k in h.history or f"val_{k}" in h.history), ACC)
@@ -205,6 +214,75 @@ def plot_history(source: HistoryLike, path: str | os.PathLike[str] | None = None
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc=legend_at, fontsize=8)
+    if smoothing and h.history.get("loss"):
+        # The training loss is the smoothed loss that was minimised; the validation loss is plain cross-entropy.
+        axes[1].text(0.5, -0.2, f"training loss includes label smoothing {smoothing:g}; validation loss does not",
+                     ha="center", va="top", transform=axes[1].transAxes, fontsize=8, color="dimgray")  # fmt: skip
+    return _finish(fig, path, dpi)
+
+
+def _label_smoothing(source: HistoryLike) -> float:
+    """The run's label smoothing, when ``source`` is a run folder or checkpoint (0 when unknown)."""
+    if not isinstance(source, str | os.PathLike):
+        return 0.0
+    p = Path(source)
+    try:
+        if p.is_dir():
+            import json
+
+            config = json.loads((p / "config.json").read_text()) if (p / "config.json").is_file() else {}
+        else:
+            from mnistlab.checkpoint import read_meta
+
+            config = read_meta(p).get("config", {})
+        return float(config.get("label_smoothing") or 0.0)
+    except (ValueError, OSError, TypeError, AttributeError, MnistlabError):
+        return 0.0
+
+
+def plot_compare(
+    sources: Sequence[HistoryLike],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    dpi: int = 100,
+) -> Figure | Path:
+    """Several runs' curves on the lesson's two panels: validation solid, training dashed, one colour a run.
+
+    ``sources`` are run folders (labelled by folder name) or anything :func:`plot_history` takes.
+
+    >>> fig = plot_compare([{"loss": [0.5, 0.3]}, {"loss": [0.6, 0.2]}], labels=["a", "b"])
+    >>> [line.get_label() for line in fig.axes[1].get_lines()]
+    ['a training', 'b training']
+    """
+    if not sources:
+        raise ConfigError("compare needs at least one run")
+    if labels is not None and len(labels) != len(sources):
+        raise ConfigError(f"{len(labels)} labels for {len(sources)} runs")
+    histories = [load_history(s) for s in sources]
+    if labels is None:
+        names = [Path(s).name if isinstance(s, str | os.PathLike) else f"run {i + 1}" for i, s in enumerate(sources)]
+        full = [str(s) if isinstance(s, str | os.PathLike) else n for s, n in zip(sources, names, strict=True)]
+        labels = names if len(set(names)) == len(names) else full
+    fig = new_figure((11, 4.2))
+    axes = fig.subplots(1, 2)
+    colors = [f"C{i % 10}" for i in range(len(histories))]
+    for ax, what in ((axes[0], "Accuracy"), (axes[1], "Loss")):
+        for h, label, color in zip(histories, labels, colors, strict=True):
+            key = "loss" if what == "Loss" else next((k for k in ACC_KEYS if k in h.history), ACC)
+            for k, xs, kind, style in (
+                (f"val_{key}", h.val_epoch, "validation", "o-"),
+                (key, h.epoch, "training", "o--"),
+            ):
+                if h.history.get(k):
+                    ax.plot([e + 1 for e in xs], h.history[k], style, color=color, ms=3, label=f"{label} {kind}")
+        ax.set_title(f"Training and Validation {what}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what.lower())
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return _finish(fig, path, dpi)
 
 
@@ -350,12 +428,12 @@ def plot_run(
     outputs = [Path(output if output is not None else DEFAULT_NAMES[kind]) for kind in kinds]
     for path in outputs:
         check_output(path, force=force)
-    history = load_history(run)
+    load_history(run)  # a folder that is not a run, or has no finished epoch, fails before any plotting
     preds = predict_run(run, which) if kinds != ["curves"] else None
     figs = []
     for kind in kinds:
         if kind == "curves":
-            figs.append(plot_history(history))
+            figs.append(plot_history(run))  # the run, not its history: the plot notes label smoothing
         elif kind == "confusion":
             figs.append(plot_confusion(preds))
         elif kind == "mistakes":

@@ -11,20 +11,23 @@ Every picture goes through :func:`mnistlab.preprocess.prepare_image`, chosen for
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mnistlab import fileio
-from mnistlab.checkpoint import load_checkpoint
 from mnistlab.errors import ConfigError, ImageError, MnistlabError
-from mnistlab.preprocess import KINDS, ImageSource, Prepared, kind_for, prepare_image
+from mnistlab.preprocess import KINDS, ImageSource, Prepared, kind_for, prepare_files, prepare_image
+from mnistlab.runfolder import RunFolder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# From this many picture files on, they are prepared in parallel processes (starting one costs ~0.3 s).
+PARALLEL_FROM = 64
+BATCH = 512  # pictures the model sees at once
 
 
 @dataclass
@@ -106,7 +109,9 @@ class Predictor:
     ) -> None:
         if kind is not None and kind not in KINDS:
             raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        self.loaded = load_checkpoint(run, which, device)
+        self.run = RunFolder(run)
+        self.which = which
+        self.loaded = self.run.load(which, device)
         self.class_names = self.loaded.class_names
         dataset = self.loaded.meta.get("dataset") or self.loaded.config.get("dataset")
         self.kind = kind or kind_for(dataset, self.class_names)
@@ -115,8 +120,11 @@ class Predictor:
 
     def prepare(self, src: ImageSource, name: str | None = None) -> Prepared:
         """The model's input for one picture (raises ``ImageError`` for unreadable or empty pictures)."""
+        return prepare_image(src, name=name, **self._options())
+
+    def _options(self) -> dict:
         c, h, w = self.in_shape
-        return prepare_image(src, self.kind, size=(h, w), channels=c, thicken=self.thicken, name=name)
+        return {"kind": self.kind, "size": (h, w), "channels": c, "thicken": self.thicken}
 
     def predict_prepared(self, prepared: Sequence[Prepared]) -> np.ndarray:
         """Probabilities ``(N, classes)`` for inputs made by :meth:`prepare`, in one batch."""
@@ -127,29 +135,61 @@ class Predictor:
         return self.loaded.predict(x)
 
     def predict(
-        self, sources: Iterable[ImageSource], names: Sequence[str] | None = None, errors: str = "raise"
+        self,
+        sources: Iterable[ImageSource],
+        names: Sequence[str] | None = None,
+        errors: str = "raise",
+        workers: int | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per picture. ``errors="keep"`` records a bad picture's error in its
-        Prediction and goes on; ``"raise"`` (the default) raises the first ``ImageError``."""
+        Prediction and goes on; ``"raise"`` (the default) raises the first ``ImageError``.
+
+        Many picture files (:data:`PARALLEL_FROM` or more) are prepared in ``workers`` processes (default:
+        one per core, except in a plain script: see :func:`_spawn_is_safe`), and the model sees them
+        in batches of :data:`BATCH`.
+        """
         if errors not in ("raise", "keep"):
             raise ConfigError(f"errors must be 'raise' or 'keep', got {errors!r}")
         sources = list(sources)
         names = list(names) if names is not None else [_describe(s, i) for i, s in enumerate(sources)]
         out = [Prediction(name, self.class_names) for name in names]
-        good: list[tuple[int, Prepared]] = []
-        for i, (src, name) in enumerate(zip(sources, names, strict=True)):
-            try:
-                good.append((i, self.prepare(src, name)))
-            except ImageError as e:
+        pending: list[tuple[int, Prepared]] = []
+        for i, result in enumerate(self._prepare_all(sources, names, workers)):
+            if isinstance(result, ImageError):
                 if errors == "raise":
-                    raise
-                out[i].error = _without_prefix(str(e), name)
-        if good:
-            probs = self.predict_prepared([p for _, p in good])
-            for (i, prepared), row in zip(good, probs, strict=True):
-                out[i].probabilities = [float(v) for v in row]
-                out[i].prepared = prepared
+                    raise result
+                out[i].error = _without_prefix(str(result), names[i])
+                continue
+            pending.append((i, result))
+            if len(pending) == BATCH:
+                self._fill(out, pending)
+                pending = []
+        self._fill(out, pending)
         return out
+
+    def _fill(self, out: list[Prediction], batch: list[tuple[int, Prepared]]) -> None:
+        if not batch:
+            return
+        probs = self.predict_prepared([p for _, p in batch])
+        for (i, prepared), row in zip(batch, probs, strict=True):
+            out[i].probabilities = [float(v) for v in row]
+            out[i].prepared = prepared
+
+    def _prepare_all(
+        self, sources: list[ImageSource], names: list[str], workers: int | None
+    ) -> Iterator[Prepared | ImageError]:
+        """Each picture's model input, or the ``ImageError`` that refused it, in order."""
+        options = self._options()
+        workers = workers if workers is not None else _cores() if _spawn_is_safe() else 1
+        files = all(isinstance(s, str | os.PathLike) for s in sources)
+        if workers > 1 and files and len(sources) >= PARALLEL_FROM:
+            yield from prepare_files([os.fspath(s) for s in sources], names, options, workers)  # type: ignore[arg-type]
+            return
+        for src, name in zip(sources, names, strict=True):
+            try:
+                yield self.prepare(src, name)
+            except ImageError as e:
+                yield e
 
     def predict_one(self, src: ImageSource, name: str | None = None) -> Prediction:
         """The prediction for one picture; raises ``ImageError`` when it cannot be used."""
@@ -165,11 +205,27 @@ class Predictor:
             "parameters": int(n_params),
             "classes": list(self.class_names),
             "dataset": (self.loaded.meta.get("dataset") or {}).get("name") or self.loaded.config.get("dataset"),
-            "test_accuracy": _test_accuracy(self.loaded.path, self.loaded.meta),
+            "test_accuracy": self.run.test_accuracy(self.which),
             "kind": self.kind,
             "input_shape": list(self.in_shape),
             "checkpoint": str(self.loaded.path),
         }
+
+
+def _spawn_is_safe() -> bool:
+    """Whether worker processes may start on their own: a new process imports the main module again,
+    which reruns a plain ``python script.py`` without an ``if __name__ == "__main__":`` guard. The CLI
+    and other ``python -m`` programs, ``python -c``, notebooks and the REPL are safe; a script gets
+    workers when it asks for them (``workers=N``), as Python's multiprocessing documents."""
+    main = sys.modules.get("__main__")
+    return getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _describe(src: ImageSource, i: int) -> str:
@@ -178,18 +234,6 @@ def _describe(src: ImageSource, i: int) -> str:
 
 def _without_prefix(message: str, name: str) -> str:
     return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
-
-
-def _test_accuracy(checkpoint: Path, meta: dict) -> float | None:
-    """From the run's ``result.json`` when training finished, else the best validation accuracy."""
-    result = checkpoint.parent / "result.json"
-    try:
-        return float(json.loads(result.read_text())["test"]["sparse_categorical_accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    best = (meta.get("history") or {}).get("best") or {}
-    value = best.get("value") if "accuracy" in str(best.get("monitor", "")) else None
-    return float(value) if value is not None else None
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:

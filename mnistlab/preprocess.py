@@ -23,24 +23,26 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from mnistlab import imaging
+from mnistlab.config import KINDS
 from mnistlab.errors import EmptyImageError, ImageError
+from mnistlab.imaging import FULL_SIZE, ImageSource, to_gray  # to_gray and ImageSource: predict and web use them
 
 # Mean and standard deviation of MNIST training pixels after scaling to 0..1.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
-KINDS = ("digit", "fashion", "plain")
-# Larger pictures are refused before decoding: a 100 KB PNG can claim 50,000 × 50,000 pixels.
-MAX_PIXELS = 40_000_000
 # Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
 WORK_SIDE = 384
+LOW_SIDE = 128  # smaller pictures are enlarged to this (see _work_scale)
 # MNIST's recipe: the digit fills a 20×20 box, its centre of mass at pixel (14, 14) of 28×28
 # (measured on the training set: mean 14.00 ± 0.29 in both axes).
 BOX = 20
@@ -55,9 +57,6 @@ STRONG_INK = 11.5
 # a clean scan, an MNIST image. Photos of paper spread more (noise, texture, light), and get an estimate.
 FLAT_BORDER = 0.025
 
-FULL_SIZE = "mnistlab.full_size"  # key in a PIL image's info: its size in the file, when decoded smaller
-ImageSource = Image.Image | np.ndarray | bytes | bytearray | str | os.PathLike
-
 
 # -- reading pictures -------------------------------------------------------------------------------
 
@@ -65,116 +64,15 @@ ImageSource = Image.Image | np.ndarray | bytes | bytearray | str | os.PathLike
 def read_image(src: ImageSource, name: str | None = None) -> Image.Image:
     """Decode a path, encoded bytes, an array or a PIL image into a loaded PIL image, upright (EXIF).
 
-    Refuses what is not an image, truncated files and decompression bombs with ``ImageError`` naming
-    ``name`` (or the path).
+    The one safe decoder, :func:`mnistlab.imaging.open_image`: not-images, truncated files, decompression
+    bombs, folders, FIFOs and devices are refused with ``ImageError`` naming ``name`` (or the path); a
+    big JPEG is decoded at a scale still larger than the working size (its size in the file is then in
+    ``info[FULL_SIZE]``).
 
     >>> read_image(np.zeros((5, 7), np.uint8)).size
     (7, 5)
     """
-    if isinstance(src, Image.Image):
-        _check_pixels(src.size, name or "image")
-        return src
-    if isinstance(src, np.ndarray):
-        return _from_array(src, name or "array")
-    if isinstance(src, bytes | bytearray):
-        where = name or "image data"
-        if not src:
-            raise ImageError(f"{where}: empty file (0 bytes)")
-        return _decode(io.BytesIO(bytes(src)), where)
-    if isinstance(src, str | os.PathLike):
-        path = Path(src)
-        where = name or str(path)
-        if not path.exists():
-            raise ImageError(f"{where}: no such file")
-        if path.is_dir():
-            raise ImageError(f"{where}: is a folder, not an image")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ImageError(f"{where}: cannot read ({e.strerror or e})") from None
-        if not data:
-            raise ImageError(f"{where}: empty file (0 bytes)")
-        return _decode(io.BytesIO(data), where)
-    raise ImageError(f"{name or 'input'}: cannot read an image from a {type(src).__name__}")
-
-
-def _check_pixels(size: tuple[int, int], where: str) -> None:
-    w, h = size
-    if w * h > MAX_PIXELS:
-        raise ImageError(
-            f"{where}: image too large ({w}×{h} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels)"
-        )
-    if w < 1 or h < 1:
-        raise ImageError(f"{where}: image has no pixels ({w}×{h})")
-
-
-def _decode(f: io.BytesIO, where: str) -> Image.Image:
-    with warnings.catch_warnings():
-        # PIL only warns between 89 and 179 megapixels; a warning there is a refusal here.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(f)
-            _check_pixels(im.size, where)  # from the header, before any pixel is decoded
-            full = im.size
-            if im.format == "JPEG":
-                # Let the JPEG decoder scale down by 2/4/8 while decoding: much faster for photos.
-                im.draft(im.mode, (WORK_SIDE, WORK_SIDE))
-            im.load()
-            im = ImageOps.exif_transpose(im) or im  # phone photos store "rotate me" in EXIF
-            if im.size != full:  # remember the real size, so boxes are reported in its pixels
-                turned = (im.width > im.height) != (full[0] > full[1])
-                im.info[FULL_SIZE] = full[::-1] if turned else full
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{where}: image too large (a decompression bomb?)") from None
-        except UnidentifiedImageError:
-            raise ImageError(f"{where}: not an image (PNG, JPEG, GIF, BMP, WebP, TIFF are read)") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise ImageError(
-                f"{where}: unreadable image ({str(e) or type(e).__name__}; truncated or corrupt?)"
-            ) from None
-    return im
-
-
-def _from_array(a: np.ndarray, where: str) -> Image.Image:
-    a = np.asarray(a)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise ImageError(f"{where}: expected an array (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}")
-    _check_pixels((a.shape[1], a.shape[0]), where)
-    if a.dtype != np.uint8:
-        a = np.asarray(a, dtype=np.float64)
-        if not np.isfinite(a).all():
-            raise ImageError(f"{where}: array holds NaN or infinity")
-        scale = 255.0 if a.size and a.max() <= 1.0 else 1.0  # floats in 0..1, or 0..255
-        a = np.clip(a * scale, 0, 255).round().astype(np.uint8)
-    return Image.fromarray(a, {2: "L", 3: "RGB", 4: "RGBA"}[a.ndim if a.ndim == 2 else a.shape[-1]])
-
-
-def to_gray(im: Image.Image) -> np.ndarray:
-    """Luma as float32 0..1 (1 = white), transparent parts flattened onto white (a drawing's paper)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        top = 65535.0 if a.max(initial=0) > 255 else 255.0 if a.max(initial=0) > 1 else 1.0
-        return np.clip(a / top, 0, 1)
-    if im.mode == "1":
-        im = im.convert("L")
-    if im.mode == "P" or (im.mode in ("L", "RGB") and "transparency" in im.info):
-        im = im.convert("RGBA")
-    if im.mode in ("LA", "PA", "La"):
-        im = im.convert("RGBA")
-    if im.mode == "RGBa":
-        im = im.convert("RGBA")
-    if im.mode not in ("L", "RGB", "RGBA"):
-        im = im.convert("RGB")
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    if im.mode == "L":
-        return a
-    gray = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-    if im.mode == "RGBA":
-        alpha = a[..., 3]
-        gray = gray * alpha + (1.0 - alpha)
-    return gray.astype(np.float32)
+    return imaging.open_image(src, name, size=(WORK_SIDE, WORK_SIDE))
 
 
 # -- the prepared input --------------------------------------------------------------------------
@@ -227,7 +125,7 @@ def prepare_image(
 
     >>> p = prepare_image(np.pad(np.full((60, 12), 20, np.uint8), 70, constant_values=230))
     >>> int(p.image.max()), p.bbox
-    (255, (70, 70, 82, 130))
+    (255, (69, 69, 83, 131))
     """
     if kind not in KINDS:
         raise ImageError(f"unknown preprocessing kind {kind!r} (choose from {', '.join(KINDS)})")
@@ -235,11 +133,11 @@ def prepare_image(
     im = read_image(src, where)
     if kind == "plain":
         return _prepare_plain(im, size, channels)
-    gray = to_gray(im)
+    gray, scale = _work_gray(im, kind, where)
     if kind == "fashion":
-        prepared = _prepare_fashion(gray)
+        prepared = _prepare_fashion(gray, scale, im.size)
     else:
-        prepared = _prepare_digit(gray, thicken)
+        prepared = _prepare_digit(gray, scale, im.size, thicken)
     if FULL_SIZE in im.info:  # decoded smaller than stored (JPEG draft): report in the file's pixels
         full = im.info[FULL_SIZE]
         f = full[0] / im.width
@@ -250,6 +148,37 @@ def prepare_image(
         what = "digit" if kind == "digit" else "object"
         raise EmptyImageError(f"{where}: no {what} found ({'; '.join(prepared.notes) or 'the picture is blank'})")
     return prepared
+
+
+def prepare_files(
+    paths: Sequence[str], names: Sequence[str], options: dict, workers: int
+) -> Iterator[Prepared | ImageError]:
+    """:func:`prepare_image` (with ``options``) on picture files in ``workers`` processes, in order, each
+    input or the ``ImageError`` that refused its picture. Only paths go out and 28×28 inputs come back;
+    each process reads and prepares whole files, a chunk at a time.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # "spawn": a fresh interpreter per worker, never a fork of a process that holds torch's threads.
+    context = multiprocessing.get_context("spawn")
+    chunk = max(1, min(64, len(paths) // (4 * workers)))
+    jobs = [(path, name, options) for path, name in zip(paths, names, strict=True)]
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        for result in pool.map(_prepare_job, jobs, chunksize=chunk):
+            yield ImageError(result) if isinstance(result, str) else result
+
+
+def _one_thread() -> None:
+    cv2.setNumThreads(1)  # the processes already fill the cores
+
+
+def _prepare_job(job: tuple[str, str, dict]) -> Prepared | str:
+    path, name, options = job
+    try:
+        return prepare_image(path, name=name, **options)
+    except ImageError as e:  # sent back as its message: the parent raises or records it
+        return str(e)
 
 
 def kind_for(dataset: str | dict | None, class_names: tuple[str, ...] | list[str] = ()) -> str:
@@ -276,27 +205,85 @@ def kind_for(dataset: str | dict | None, class_names: tuple[str, ...] | list[str
     return "digit"
 
 
+# -- the working copy ------------------------------------------------------------------------------
+#
+# Everything below runs on a working copy at most WORK_SIDE pixels a side, shrunk before the picture
+# becomes floats (a phone photo holds far more detail than a 20×20 box needs), with OpenCV's filters:
+# each is one C loop over the pixels, where the NumPy versions made several passes and copies.
+
+
+def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, float]:
+    """The picture's luma (float32 0..1, 1 = white) at working size, and its scale from ``im``.
+
+    The decoder's 8-bit gray (:func:`mnistlab.imaging.flatten`: transparency on white paper) is shrunk
+    before it becomes floats: a box average by a whole factor, then bilinear for the rest (less than 2×,
+    where OpenCV's area averaging would cost 8× as much).
+    """
+    w0, h0 = im.size
+    scale = _work_scale(w0, h0) if kind == "digit" else min(1.0, WORK_SIDE / max(w0, h0))
+    size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+    gray8 = imaging.flatten(im, "gray", where)
+    if scale < 1:
+        k = min(w0 // size[0], h0 // size[1])
+        small = np.asarray(gray8.reduce(k) if k >= 2 else gray8)
+        if small.shape != size[::-1]:
+            small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
+        return small.astype(np.float32) * np.float32(1 / 255), scale
+    gray = np.asarray(gray8, dtype=np.float32) * np.float32(1 / 255)
+    return (_resize(gray, size) if scale != 1 else gray), scale
+
+
+def _work_scale(w: int, h: int) -> float:
+    """The working copy's scale: large pictures to WORK_SIDE (a digit may fill only a fifth of a photo,
+    and still needs twice the 20-pixel box), tiny ones enlarged to LOW_SIDE so the filters have room.
+    (Working pictures of up to WORK_SIDE at half size too cost 1-4 of 600 photo-like digits.)"""
+    side = max(w, h)
+    if side > WORK_SIDE:
+        return WORK_SIDE / side
+    if side < LOW_SIDE:
+        return float(-(-LOW_SIDE // side))
+    return 1.0
+
+
+def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Float image to ``size`` (w, h): area averaging when shrinking (anti-aliasing, like MNIST's),
+    bicubic when enlarging (PIL's, a = -0.5: OpenCV's sharper a = -0.75 rings around strokes)."""
+    w, h = max(1, size[0]), max(1, size[1])
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if w <= a.shape[1] and h <= a.shape[0]:
+        return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
+    return np.asarray(Image.fromarray(a, "F").resize((w, h), Image.BICUBIC), dtype=np.float32)
+
+
+def _blur3(x: np.ndarray) -> np.ndarray:
+    """3×3 mean: quiets sensor noise and JPEG speckle."""
+    return cv2.blur(x, (3, 3), borderType=cv2.BORDER_REPLICATE)
+
+
+def _grow(mask: np.ndarray, r: int = 1) -> np.ndarray:
+    """Grow a 0/1 uint8 mask by ``r`` pixels (8-neighbourhood: a (2r+1)² square)."""
+    return cv2.dilate(mask, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
 # -- digits ----------------------------------------------------------------------------------------
 
 
-def _prepare_digit(gray: np.ndarray, thicken: bool | None) -> Prepared:
-    h0, w0 = gray.shape
+def _prepare_digit(gray: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None) -> Prepared:
+    w0, h0 = full
     notes: list[str] = []
-    scale = _work_scale(w0, h0)
-    g = _resize(gray, (round(w0 * scale), round(h0 * scale))) if scale != 1 else gray
-    inverted = _ink_is_dark(g)
-    x = 1.0 - g if inverted else g
-    x = np.clip(x - _background(x), 0, None)  # uneven lighting, paper shade and colour go here
+    inverted = _ink_is_dark(gray)
+    x = 1.0 - gray if inverted else gray
+    x = np.maximum(x - _background(x), 0)  # uneven lighting, paper shade and colour go here
     x = _blur3(x)
-    soft, keep, reason = _find_ink(x)
+    soft, keep, (r0, c0), reason = _find_ink(x)  # cut to the kept pieces: a few thousand pixels
     empty = Prepared(np.zeros((SIDE, SIDE), np.uint8), "digit", (w0, h0), inverted, empty=True, notes=[reason])
     if keep is None:
         return empty
-    soft = soft * _dilate(keep)  # keep the anti-aliased rim of the strokes, drop the specks
+    soft = soft * _grow(keep)  # keep the anti-aliased rim of the strokes, drop the specks
     rows, cols = np.nonzero(soft.any(1))[0], np.nonzero(soft.any(0))[0]
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     big = max(bottom - top, right - left)
-    if big < max(4, 0.03 * max(soft.shape)):
+    if big < max(4, 0.03 * max(x.shape)):
         empty.notes = [f"only a speck of ink ({right - left}×{bottom - top} pixels)"]
         return empty
     crop = soft[top:bottom, left:right]
@@ -306,52 +293,37 @@ def _prepare_digit(gray: np.ndarray, thicken: bool | None) -> Prepared:
         crop, did_thicken = _thicken(crop, width), True
         notes.append(f"thickened strokes (width {width:.3f} of the digit's size)")
     image = _fit_and_centre(crop)
+    top, bottom, left, right = top + r0, bottom + r0, left + c0, right + c0
     bbox = (int(left / scale), int(top / scale), min(w0, round(right / scale)), min(h0, round(bottom / scale)))
     return Prepared(image, "digit", (w0, h0), inverted, bbox, did_thicken, notes=notes)
-
-
-def _work_scale(w: int, h: int) -> float:
-    side = max(w, h)
-    if side > WORK_SIDE:
-        return WORK_SIDE / side
-    if side < 128:
-        # Tiny inputs (an MNIST-sized image) are enlarged so the lighting grid and filters have room.
-        return float(-(-128 // side))
-    return 1.0
-
-
-def _resize(a: np.ndarray, size: tuple[int, int], resample: int | None = None) -> np.ndarray:
-    w, h = max(1, size[0]), max(1, size[1])
-    if resample is None:
-        # Area averaging when shrinking (anti-aliasing, like MNIST's), smooth interpolation when enlarging.
-        resample = Image.BOX if w <= a.shape[1] and h <= a.shape[0] else Image.BICUBIC
-    return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize((w, h), resample), dtype=np.float32)
 
 
 def _ink_is_dark(g: np.ndarray) -> bool:
     """True for dark ink on light paper. The ink is the minority: measured against the local median
     (over a third of the picture, where even a bold digit covers less than half), whichever tail of
     the pixel values stands out further is the ink, whatever the paper's shade or lighting."""
-    local = _thumb_filter(g, 0.15, "median")
-    resid = (g - local)[::2, ::2]  # every other pixel: the same statistics, a quarter of the work
-    sigma = 1.4826 * float(np.median(np.abs(resid))) + 1e-3
-    dark = float(np.clip(-resid - 3 * sigma, 0, None).sum())
-    bright = float(np.clip(resid - 3 * sigma, 0, None).sum())
+    half = g[::2, ::2]  # every other pixel: the same statistics, a quarter of the work
+    resid = half - _thumb_filter(g, 0.15, "median", half.shape)
+    sigma = 1.4826 * float(np.median(np.abs(resid[::2, ::2]))) + 1e-3
+    dark = float(np.maximum(-resid - 3 * sigma, 0).sum())
+    bright = float(np.maximum(resid - 3 * sigma, 0).sum())
     if abs(dark - bright) <= 0.2 * max(dark, bright):  # undecided: the border is usually paper
         border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
         return bool(np.median(border) >= np.median(g))
     return dark > bright
 
 
-def _thumb_filter(x: np.ndarray, radius: float, how: str) -> np.ndarray:
+def _thumb_filter(x: np.ndarray, radius: float, how: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """A rank filter with a window of ``radius`` × the picture's longest side, run on a thumbnail (so
-    it costs the same for any picture), smoothed and enlarged back to ``x``'s size. ``how`` is
-    ``median`` or ``opening`` (min then max filter: removes bright things narrower than the window
-    and keeps broad ones)."""
+    it costs the same for any picture), smoothed and enlarged back to ``x``'s size (or ``shape``).
+    ``how`` is ``median`` or ``opening`` (min then max filter: removes bright things narrower than the
+    window and keeps broad ones)."""
     h, w = x.shape
-    side = 32 if how == "median" else 64  # a 2-D median costs k² per pixel; min and max only 2k
+    side = 32 if how == "median" else 64
     s = side / max(h, w)
-    small = _resize(x, (max(1, round(w * s)), max(1, round(h * s))))
+    step = max(1, int(1 / s) // 3)  # averaging every step-th pixel: the same thumbnail for far less work
+    src = np.ascontiguousarray(x[::step, ::step]) if step > 1 else x
+    small = _resize(src, (max(1, round(w * s)), max(1, round(h * s))))
     m = round(radius * side)
     k, pad = 2 * m + 1, m if how == "median" else 2 * m  # an opening is two filters: twice the margin
     # Continue the picture past its edges as a mirrored slope: with plain edge copies, light that
@@ -360,13 +332,19 @@ def _thumb_filter(x: np.ndarray, radius: float, how: str) -> np.ndarray:
         padded = np.pad(small, pad, mode="reflect", reflect_type="odd")
     else:
         padded = np.pad(small, pad, mode="edge")
-    win = np.lib.stride_tricks.sliding_window_view
     if how == "median":
-        out = np.median(win(padded, (k, k)), axis=(-2, -1))
+        # OpenCV's median takes windows this large only in 8 bits: 1/255 steps are finer than the noise
+        # this is compared with, and the mirrored slope is cut at black and white.
+        q = np.clip(padded * 255 + 0.5, 0, 255).astype(np.uint8)
+        out = cv2.medianBlur(q, k)[pad:-pad, pad:-pad].astype(np.float32) / 255
     else:
-        eroded = win(win(padded, k, axis=0).min(-1), k, axis=1).min(-1)
-        out = win(win(eroded, k, axis=0).max(-1), k, axis=1).max(-1)
-    return _upsample(_blur3(_blur3(out.astype(np.float32))), x.shape)
+        kernel = np.ones((k, k), np.uint8)
+        opened = cv2.dilate(cv2.erode(padded, kernel, borderType=cv2.BORDER_REPLICATE), kernel,
+                            borderType=cv2.BORDER_REPLICATE)  # fmt: skip
+        out = opened[pad:-pad, pad:-pad]  # the margin: every window inside lies wholly in the padding
+    out = _blur3(_blur3(np.ascontiguousarray(out, dtype=np.float32)))
+    h, w = shape or (h, w)
+    return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _background(x: np.ndarray) -> np.ndarray | float:
@@ -380,86 +358,25 @@ def _background(x: np.ndarray) -> np.ndarray | float:
     """
     h, w = x.shape
     m = max(2, round(0.04 * min(h, w)))
-    border = np.concatenate([x[:m].ravel(), x[-m:].ravel(), x[:, :m].ravel(), x[:, -m:].ravel()])
+    band = (x[:m:2, ::2], x[-m::2, ::2], x[::2, :m:2], x[::2, -m::2])  # every other pixel is plenty
+    border = np.concatenate([b.ravel() for b in band])
     lo, hi = np.percentile(border, [5, 90])
     if hi - lo < FLAT_BORDER:
         return float(lo)  # a lower envelope, like the opening: the paper's noise stays above it
     return _thumb_filter(x, 0.1, "opening")
 
 
-def _upsample(grid: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    return _resize(grid, (shape[1], shape[0]), Image.BILINEAR)
+def _otsu(x: np.ndarray) -> float:
+    """Otsu's threshold over 256 bins from 0 to the maximum (OpenCV's, on the values in 8 bits)."""
+    top = float(x.max()) + 1e-6
+    q = np.minimum(x * (256 / top), 255).astype(np.uint8)
+    t, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    return (t + 1) * top / 256  # the upper edge of the last bin counted as background
 
 
-def _blur3(x: np.ndarray) -> np.ndarray:
-    """3×3 mean: quiets sensor noise and JPEG speckle (a median filter costs 10× more here)."""
-    p = np.pad(x, 1, mode="edge")
-    rows = p[:-2] + p[1:-1] + p[2:]
-    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9.0
-
-
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    top = float(values.max()) + 1e-6
-    idx = np.minimum((values.ravel() * (bins / top)).astype(np.int32), bins - 1)
-    hist = np.bincount(idx, minlength=bins).astype(np.float64)  # np.histogram is several times slower
-    edges = np.linspace(0.0, top, bins + 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(edges[int(np.argmax(between)) + 1])
-
-
-def label_runs(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected component labels (0 = background, 1..n) of a boolean image, without SciPy.
-
-    Works on horizontal runs of pixels, so the Python loop is over a few runs per row, not pixels.
-
-    >>> label_runs(np.array([[1, 0, 1], [0, 0, 1]], bool))[1]
-    2
-    """
-    h, w = mask.shape
-    padded = np.zeros((h, w + 2), np.int8)
-    padded[:, 1:-1] = mask
-    d = np.diff(padded, axis=1)
-    starts_r, starts_c = np.nonzero(d == 1)
-    ends_c = np.nonzero(d == -1)[1]
-    parent = list(range(len(starts_r)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    row_first = np.searchsorted(starts_r, np.arange(h + 1))
-    for r in range(1, h):
-        a0, a1 = row_first[r - 1], row_first[r]  # runs of the row above
-        b0, b1 = row_first[r], row_first[r + 1]
-        i, j = a0, b0
-        while i < a1 and j < b1:
-            # Runs [s, e) touch diagonally when they overlap after widening by one pixel.
-            if starts_c[i] <= ends_c[j] and starts_c[j] <= ends_c[i]:
-                ri, rj = find(i), find(j)
-                if ri != rj:
-                    parent[max(ri, rj)] = min(ri, rj)
-            if ends_c[i] < ends_c[j]:
-                i += 1
-            else:
-                j += 1
-    labels = np.zeros((h, w), np.int32)
-    roots: dict[int, int] = {}
-    for k in range(len(starts_r)):
-        lab = roots.setdefault(find(k), len(roots) + 1)
-        labels[starts_r[k], starts_c[k] : ends_c[k]] = lab
-    return labels, len(roots)
-
-
-def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """The digit's ink as a soft 0..1 map (anti-aliased edges kept) and a mask of the pieces kept.
+def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int], str]:
+    """The digit's ink as a soft 0..1 map (anti-aliased edges kept) and a 0/1 mask of the pieces kept,
+    both cut to the kept pieces' box and one pixel more, and where that box starts (row, column).
 
     A piece counts as ink when it stands out from the paper right around it by far more than the
     paper's noise: shading left over from the lighting makes large blobs that rise slowly out of their
@@ -467,107 +384,122 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
     and smaller pieces near it (a stroke broken by the pen); specks and dirt elsewhere go. The mask is
     None (with a reason) when there is nothing.
     """
-    sample = x[::2, ::2]  # every other pixel: the same statistics, a quarter of the work
+    sample = x[::4, ::4]  # every fourth pixel each way: the same statistics, a sixteenth of the work
     base = float(np.median(sample))
     sigma = 1.4826 * float(np.median(np.abs(sample - base))) + 1e-4
     if float(x.max()) - base < 0.03:
-        return x, None, "the picture is blank"
-    t = max(_otsu(x), base + 4 * sigma)
-    labels, n = label_runs(x > t)
-    if n == 0:
-        return x, None, "the picture is blank"
-    comp = _component_stats(labels, n, x - base)
-    local = np.zeros(n)
-    for k in np.argsort(-comp["mass"])[:8]:  # the heaviest candidates are enough
-        local[k] = comp["contrast"][k] + base - _ring_level(x, labels, k + 1, comp["bbox"][k])
+        return x, None, (0, 0), "the picture is blank"
+    t = max(_otsu(x[::2, ::2]), base + 4 * sigma)
+    mask = (x > t).view(np.uint8)
+    n, labels = cv2.connectedComponents(mask, connectivity=8)
+    if n == 1:  # label 0 is the background
+        return x, None, (0, 0), "the picture is blank"
+    pieces = _Pieces(x, labels, n - 1, cv2.findNonZero(mask).reshape(-1, 2))
+    mass = pieces.sum(x - base)
+    top, bottom, left, right = pieces.bbox.T
+    local = np.zeros(n - 1)
+    for k in np.argsort(-mass)[:8]:  # the heaviest candidates are enough
+        local[k] = pieces.contrast(k) - pieces.ring_level(k)
     strong = local >= STRONG_INK * sigma
     if not strong.any():
-        return x, None, f"nothing stands out from the paper (best contrast {local.max() / sigma:.1f}× the noise)"
-    main = int(np.argmax(np.where(strong, comp["mass"], -1)))
-    top, bottom, left, right = comp["bbox"][main]
-    margin = 0.3 * max(bottom - top, right - left)
-    near = (comp["bbox"][:, 0] >= top - margin) & (comp["bbox"][:, 1] <= bottom + margin)
-    near &= (comp["bbox"][:, 2] >= left - margin) & (comp["bbox"][:, 3] <= right + margin)
-    size = max(bottom - top, right - left)
-    close = (comp["bbox"][:, 0] >= top - size) & (comp["bbox"][:, 1] <= bottom + size)
-    close &= (comp["bbox"][:, 2] >= left - size) & (comp["bbox"][:, 3] <= right + size)
-    heavy = close & (comp["mass"] >= 0.25 * comp["mass"][main])
-    keep = (comp["contrast"] >= 0.7 * STRONG_INK * sigma) & (
-        heavy | (near & (comp["mass"] >= 0.01 * comp["mass"][main]))
-    )
-    keep[main] = True
-    mask = np.concatenate([[False], keep])[labels]
-    level = float(np.percentile(x[labels == main + 1], 90))
+        return (
+            x,
+            None,
+            (0, 0),
+            f"nothing stands out from the paper (best contrast {local.max() / sigma:.1f}× the noise)",
+        )
+    main = int(np.argmax(np.where(strong, mass, -1)))
+    size = max(bottom[main] - top[main], right[main] - left[main])
+
+    def inside(d: float) -> np.ndarray:
+        box = pieces.bbox[main]
+        return (top >= box[0] - d) & (bottom <= box[1] + d) & (left >= box[2] - d) & (right <= box[3] + d)
+
+    heavy = inside(size) & (mass >= 0.25 * mass[main])
+    near = inside(0.3 * size) & (mass >= 0.01 * mass[main])
+    keep = np.zeros(n, np.uint8)
+    for k in np.nonzero(heavy | near)[0]:
+        keep[1 + k] = pieces.contrast(k) - base >= 0.7 * STRONG_INK * sigma
+    keep[1 + main] = 1
+    kept = pieces.bbox[keep[1:] > 0]
+    r0, r1 = max(0, kept[:, 0].min() - 1), min(x.shape[0], kept[:, 1].max() + 2)
+    c0, c1 = max(0, kept[:, 2].min() - 1), min(x.shape[1], kept[:, 3].max() + 2)
+    level = pieces.p90(main)[1]
     lo = min(base + 3 * sigma, 0.5 * t)
-    soft = np.clip((x - lo) / max(level - lo, 1e-6), 0, 1).astype(np.float32)
-    return soft, mask, ""
+    soft = np.clip((x[r0:r1, c0:c1] - lo) * (1 / max(level - lo, 1e-6)), 0, 1).astype(np.float32)
+    return soft, keep[labels[r0:r1, c0:c1]], (int(r0), int(c0)), ""
 
 
-def _ring_level(x: np.ndarray, labels: np.ndarray, label: int, bbox: np.ndarray) -> float:
-    """Median of ``x`` in a ring 3 to 6 pixels outside one labelled piece: the paper right around it."""
-    h, w = x.shape
-    top, bottom, left, right = (int(v) for v in bbox)
-    rows = slice(max(0, top - 7), min(h, bottom + 8))
-    cols = slice(max(0, left - 7), min(w, right + 8))
-    piece = labels[rows, cols] == label
-    grown = piece
-    for _ in range(3):
-        grown = _dilate(grown) > 0
-    inner = grown
-    for _ in range(3):
-        grown = _dilate(grown) > 0
-    ring = grown & ~inner
-    return float(np.median(x[rows, cols][ring])) if ring.any() else float(np.median(x))
+class _Pieces:
+    """The labelled pieces of a mask (0-based ``k`` for label ``k + 1``): boxes for all, from the
+    labelled pixels alone; percentiles and the paper around a piece only for the pieces asked about."""
 
+    def __init__(self, x: np.ndarray, labels: np.ndarray, n: int, points: np.ndarray) -> None:
+        self.x, self.labels, self.n = x, labels, n
+        self._p90: dict[int, tuple[float, float]] = {}
+        xs, ys = points[:, 0], points[:, 1]  # the labelled pixels (OpenCV's findNonZero: x, y)
+        self.lab = labels[ys, xs] - 1
+        self.ys, self.xs = ys, xs
+        # (top, bottom, left, right), inclusive; ufunc.at is one C loop over the pixels (NumPy >= 1.25).
+        h, w = labels.shape
+        self.bbox = np.empty((n, 4), ys.dtype)  # the same type as the indices: ufunc.at's fast path
+        self.bbox[:, 0], self.bbox[:, 1], self.bbox[:, 2], self.bbox[:, 3] = h, -1, w, -1
+        np.minimum.at(self.bbox[:, 0], self.lab, ys)
+        np.maximum.at(self.bbox[:, 1], self.lab, ys)
+        np.minimum.at(self.bbox[:, 2], self.lab, xs)
+        np.maximum.at(self.bbox[:, 3], self.lab, xs)
 
-def _component_stats(labels: np.ndarray, n: int, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per labelled piece: ``mass`` (sum of ``x``), ``contrast`` (90th percentile of ``x``) and ``bbox``
-    (top, bottom, left, right; inclusive), computed in one pass over the pixels, not one per piece."""
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs] - 1
-    vals = x[ys, xs]
-    mass = np.bincount(lab, weights=vals, minlength=n)
-    order = np.lexsort((vals, lab))
-    starts = np.searchsorted(lab[order], np.arange(n))
-    counts = np.bincount(lab, minlength=n)
-    contrast = vals[order][starts + (0.9 * (counts - 1)).astype(int)]
-    bbox = np.empty((n, 4), np.int64)
-    bbox[:, 0], bbox[:, 2] = ys.max() + 1, xs.max() + 1
-    bbox[:, 1], bbox[:, 3] = -1, -1
-    np.minimum.at(bbox[:, 0], lab, ys)
-    np.maximum.at(bbox[:, 1], lab, ys)
-    np.minimum.at(bbox[:, 2], lab, xs)
-    np.maximum.at(bbox[:, 3], lab, xs)
-    return {"mass": mass, "contrast": contrast, "bbox": bbox}
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Sum of ``values`` over each piece."""
+        return np.bincount(self.lab, weights=values[self.ys, self.xs], minlength=self.n)
 
+    def _box(self, k: int, pad: int = 0) -> tuple[slice, slice]:
+        top, bottom, left, right = (int(v) for v in self.bbox[k])
+        h, w = self.x.shape
+        return slice(max(0, top - pad), min(h, bottom + 1 + pad)), slice(max(0, left - pad), min(w, right + 1 + pad))
 
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    """Grow a mask by one pixel (8-neighbourhood), as 0/1 floats."""
-    p = np.pad(mask, 1)
-    rows = p[:-2] | p[1:-1] | p[2:]
-    return (rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]).astype(np.float32)
+    def p90(self, k: int) -> tuple[float, float]:
+        """``x``'s 90th percentile over the piece, as the lower of its two neighbours and interpolated
+        (numpy's ``lower`` and ``linear``), from one partial sort; remembered per piece."""
+        if k not in self._p90:
+            box = self._box(k)
+            v = self.x[box][self.labels[box] == k + 1]
+            i = 0.9 * (len(v) - 1)
+            f = int(i)
+            part = np.partition(v, (f, min(f + 1, len(v) - 1)))
+            lo, hi = float(part[f]), float(part[min(f + 1, len(v) - 1)])
+            self._p90[k] = (lo, lo + (i - f) * (hi - lo))
+        return self._p90[k]
+
+    def contrast(self, k: int) -> float:
+        """How bright the piece is: ``x``'s 90th percentile over it."""
+        return self.p90(k)[0]
+
+    def ring_level(self, k: int) -> float:
+        """Median of ``x`` in a ring 3 to 6 pixels outside the piece: the paper right around it."""
+        box = self._box(k, 7)
+        piece = (self.labels[box] == k + 1).view(np.uint8)
+        ring = _grow(piece, 6) > _grow(piece, 3)
+        return float(np.median(self.x[box][ring])) if ring.any() else float(np.median(self.x))
 
 
 def _stroke_width(mask: np.ndarray) -> float:
     """Mean stroke width in pixels: twice the area over the boundary (a stroke has two edges)."""
-    m = np.pad(mask, 1)
-    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    boundary = int((mask & ~inner).sum())
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    inner = cv2.erode(mask, cross, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    boundary = int(mask.sum()) - int(inner.sum())
     return 2.0 * int(mask.sum()) / max(boundary, 1)
 
 
 def _thicken(crop: np.ndarray, width: float) -> np.ndarray:
     """Widen strokes to about MNIST's relative width, at a resolution where that is a few pixels."""
-    from PIL import ImageFilter
-
     h, w = crop.shape
     s = min(1.0, 80 / max(h, w))
     small = _resize(crop, (round(w * s), round(h * s))) if s < 1 else crop
     big = max(small.shape)
     r = max(1, round((TARGET_STROKE - width) * big / 2))
-    padded = np.pad(small, r)  # the wider strokes must not be cut at the crop's edge
-    grown = Image.fromarray(padded.astype(np.float32), "F").filter(ImageFilter.MaxFilter(2 * r + 1))
-    return np.asarray(grown, np.float32)
+    padded = np.pad(small.astype(np.float32), r)  # the wider strokes must not be cut at the crop's edge
+    return cv2.dilate(padded, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
 
 
 def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
@@ -589,12 +521,10 @@ def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
 # -- clothes ---------------------------------------------------------------------------------------
 
 
-def _prepare_fashion(gray: np.ndarray) -> Prepared:
+def _prepare_fashion(g: np.ndarray, scale: float, full: tuple[int, int]) -> Prepared:
     """Fashion-MNIST's recipe: trim what looks like the corners' colour (5% tolerance), scale the
     longest side to 28, centre, negate; the background then maps to black, as in the data set."""
-    h0, w0 = gray.shape
-    scale = _work_scale(w0, h0) if max(w0, h0) > WORK_SIDE else 1.0
-    g = _resize(gray, (round(w0 * scale), round(h0 * scale))) if scale != 1 else gray
+    w0, h0 = full
     corners = np.array([g[0, 0], g[0, -1], g[-1, 0], g[-1, -1]])
     bg = float(np.median(corners))
     diff = _blur3(np.abs(g - bg)) > 0.05

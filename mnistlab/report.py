@@ -19,19 +19,22 @@ from typing import Any
 
 import numpy as np
 
-from mnistlab import checkpoint as ckpt
 from mnistlab import fileio
-from mnistlab.analysis import Predictions, load_history, predictions_of
-from mnistlab.errors import CheckpointError, ConfigError
+from mnistlab.analysis import Predictions, load_history, predict_run
+from mnistlab.errors import ConfigError
 from mnistlab.metrics import ACC, KEYS, History
 from mnistlab.plots import figure_png, plot_confusion, plot_history, plot_mistakes, plot_per_class
+from mnistlab.runfolder import RunFolder
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180px; padding: 0 1em; color: #222; }
 h1 { margin-bottom: 0.1em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 .sub { color: #666; margin-top: 0; } .warn { background: #fff3cd; padding: 0.5em 1em; }
-table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 0.2em 0.8em; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: 0.5em 0; max-width: 100%; }
+td, th { padding: 0.2em 0.8em; border-bottom: 1px solid #eee; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; }
+@media (max-width: 600px) { body { margin: 0.5em auto; font-size: 14px; } td, th { padding: 0.2em 0.4em; } }
 th { text-align: left; background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 0.5em 0; } img { max-width: 100%; height: auto; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 13px; }
@@ -69,16 +72,15 @@ def render_report(run: str | os.PathLike[str], *, which: str = "best", mistakes:
     """The report as an HTML string."""
     if mistakes < 1:
         raise ConfigError(f"number of mistakes to show must be ≥ 1, got {mistakes}")
-    history = load_history(run)  # first: a folder that is not a run, or has no epoch yet, gets a clear error
-    loaded = ckpt.load_checkpoint(run, which)
-    preds = predictions_of(loaded, which)
-    folder = Path(run) if Path(run).is_dir() else None
-    # The checkpoint's config is the one in force (a resume may have raised ``epochs``); config.json is the first.
-    config = loaded.config or _json_file(folder, "config.json")
-    result = _json_file(folder, "result.json")
-    if folder is not None and (folder / "summary.txt").is_file():
-        model_summary = (folder / "summary.txt").read_text()
-    else:
+    rf = RunFolder(run)
+    history = load_history(rf)  # first: a folder that is not a run, or has no epoch yet, gets a clear error
+    loaded = rf.load(which)
+    preds = predict_run(rf, which)
+    folder = rf.folder if rf.file is None else None  # a checkpoint file alone: no folder files
+    config = rf.config(which).to_dict()
+    result = (rf.result() if folder else None) or {}
+    model_summary = rf.summary_text() if folder else None
+    if model_summary is None:
         from mnistlab.models import summary
 
         model_summary = summary(loaded.model, loaded.in_shape)
@@ -91,6 +93,10 @@ def render_report(run: str | os.PathLike[str], *, which: str = "best", mistakes:
         f"<h1>Run {_e(name)}</h1>",
         f'<p class="sub">{_e(sub)} · mnistlab {_e(str(loaded.meta.get("mnistlab_version", "?")))}</p>',
     ]
+    imported = loaded.meta.get("imported")
+    if imported:
+        parts.append(f'<p class="warn">Imported from {_e(str(imported.get("from")))} ({_e(str(imported.get("format")))}) '
+                     "by mnistlab import-keras: the model was not trained here, so there is no training history.</p>")  # fmt: skip
     if not preds.meta.get("same_data", True):
         parts.append('<p class="warn">The data set on disk differs from the one this run was trained on; '
                      "the test figures below use the data set as it is now.</p>")  # fmt: skip
@@ -98,7 +104,7 @@ def render_report(run: str | os.PathLike[str], *, which: str = "best", mistakes:
         "<h2>Final metrics</h2>",
         _table(_metrics_rows(history, preds, result, loaded.path.name, ckpt_epoch)),
         "<h2>Training curves</h2>",
-        _img(figure_png(plot_history(history)), "Training and validation accuracy and loss per epoch"),
+        _img(figure_png(plot_history(run)), "Training and validation accuracy and loss per epoch"),
         "<h2>Per-class accuracy</h2>",
         _img(figure_png(plot_per_class(preds)), "Accuracy of each class on the test split"),
         _per_class_table(preds),
@@ -122,16 +128,6 @@ def render_report(run: str | os.PathLike[str], *, which: str = "best", mistakes:
     )
 
 
-def _json_file(folder: Path | None, name: str) -> dict:
-    if folder is None or not (folder / name).is_file():
-        return {}
-    try:
-        d = json.loads((folder / name).read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{folder / name}: not valid JSON ({e})") from None
-    return d if isinstance(d, dict) else {}
-
-
 def _metrics_rows(h: History, p: Predictions, result: dict, ckpt_name: str, ckpt_epoch: Any) -> list[tuple[str, str]]:
     wrong = int((p.pred != p.y).sum())
     at = f", after epoch {ckpt_epoch}" if ckpt_epoch else ""
@@ -146,7 +142,7 @@ def _metrics_rows(h: History, p: Predictions, result: dict, ckpt_name: str, ckpt
                 f"{test[ACC]:.4f}  (loss {test.get('loss', float('nan')):.4f})",
             )
         )
-    last = h.epoch[-1] + 1
+    last = h.epoch[-1] + 1 if h.epoch else 0
     for key in KEYS:
         if h.history.get(key):
             rows.append(
@@ -183,7 +179,7 @@ def _per_class_table(p: Predictions) -> str:
         rows.append(f"<tr><td>{_e(name)}</td><td class=num>{int(cm[c].sum()):,}</td><td class=num>{int(cm[c, c]):,}</td>"
                     f"<td class=num>{a}</td><td>{_e(confused)}</td></tr>")  # fmt: skip
     head = "<tr><th>class</th><th>test images</th><th>correct</th><th>accuracy</th><th>most often taken for</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>"
 
 
 def _epoch_table(h: History) -> str:
@@ -201,11 +197,12 @@ def _epoch_table(h: History) -> str:
             cells.append(f"<td class=num>{h.history[k][j]:.4f}</td>" if j is not None else "<td></td>")
         mark = " ★" if h.best.get("epoch") == ep + 1 else ""
         rows.append(f"<tr><td>{ep + 1}{mark}</td>{''.join(cells)}</tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>"
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+    cells = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<div class=scroll><table>{cells}</table></div>"
 
 
 def _img(png: bytes, alt: str) -> str:

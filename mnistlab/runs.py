@@ -17,43 +17,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from mnistlab import callbacks as cb
 from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, fileio
-from mnistlab.config import TrainConfig
+from mnistlab.config import TrainConfig, merge_resume
 from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
 from mnistlab.devices import pick_device
 from mnistlab.engine import Trainer, TrainingInterrupted
 from mnistlab.errors import CheckpointError, ConfigError
-from mnistlab.inference import predict_logits
 from mnistlab.metrics import ACC
 from mnistlab.models import build_model, summary
-from mnistlab.tensors import images_to_tensor, labels_to_tensor
+from mnistlab.runfolder import RunFolder
 
 
-def build_for(config: TrainConfig, ds: Dataset) -> torch.nn.Module:
-    """The model a config asks for, shaped for the data set."""
+def build_for(config: TrainConfig, ds: Dataset, held_out: int = 0) -> torch.nn.Module:
+    """The model a config asks for, shaped for the data set (standardized on its training images only)."""
     kwargs: dict[str, Any] = {"in_shape": ds.input_shape, "num_classes": ds.num_classes}
     if config.width:
         kwargs["width" if config.model == "cnn" else "hidden"] = config.width
     if config.normalize:
-        x = np.asarray(ds.x_train, dtype=np.float32) / 255.0
+        x = np.asarray(ds.x_train[: len(ds.x_train) - held_out], dtype=np.float32) / 255.0
         kwargs["normalize"] = [round(float(x.mean()), 6), round(float(x.std()), 6)]
     return build_model(config.model, **kwargs)
-
-
-def make_augment(spec: str) -> Any:
-    """The augmentation callable for a ``--augment`` string, or None when empty."""
-    if not spec:
-        return None
-    try:
-        from mnistlab.augment import Augment
-    except ImportError:
-        raise ConfigError("augmentation is not available in this build of mnistlab") from None
-    return Augment.parse(spec)
-
-
-RESUMABLE_OVERRIDES = ("epochs", "device", "threads", "save_every")
 
 
 def train_run(
@@ -71,7 +57,8 @@ def train_run(
     """Train ``config`` into the run folder ``out``; return the result also written to ``result.json``.
 
     ``resume=True`` continues the run in ``out`` with its saved config; ``overrides`` may change only
-    ``epochs`` (the new total), ``device``, ``threads`` and ``save_every``. ``force`` replaces a finished
+    the settings the schema marks resumable (``config.resumable()``: ``epochs``, the new total, and where
+    the run runs). ``force`` replaces a finished
     or abandoned run in ``out``.
 
     ``nproc`` > 1 trains data-parallel in that many processes on this machine (``mnistlab train --nproc``),
@@ -88,19 +75,23 @@ def train_run(
         if main:
             for stale in out.glob(".*.tmp"):  # half-written files of a killed save (never the real ones)
                 stale.unlink(missing_ok=True)
-        done = ckpt.read_meta(out / ckpt.LAST)
+        meta = ckpt.read_meta(out / ckpt.LAST)
+        if meta.get("imported"):  # made by import-keras: weights without a training state
+            raise CheckpointError(f"{out}: an imported model, not a training run; train from it with --init-from {out}")
+        done = ckpt.CheckpointMeta.from_dict(meta)
         # The checkpoint is the source of truth for the config (config.json is a copy for people).
         try:
-            saved = TrainConfig.from_dict(done["config"])
+            saved = TrainConfig.from_dict(done.extra["config"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{out / ckpt.LAST}: no usable config inside ({e})") from None
-        config = _merge_resume(saved, overrides or {})
-        if done.get("epoch", 0) >= config.epochs and done.get("step", 0) == 0:
-            msg = f"{out}: already trained to {done['epoch']} of {config.epochs} epochs; nothing to do"
+        config = merge_resume(saved, overrides or {})
+        if done.finished(config.epochs):
+            how = "stopped early after" if done.stopped else "already trained to"
+            msg = f"{out}: {how} {done.epoch} of {config.epochs} epochs; nothing to do"
             if verbose and main:
                 print(msg)
-            return {"summary": msg, "nothing_to_do": True, "epochs": done["epoch"]}
-        distributed.check_same_world(out, done.get("fingerprint", {}).get("world_size", 1), world)
+            return {"summary": msg, "nothing_to_do": True, "epochs": done.epoch}
+        distributed.check_same_world(out, done.fingerprint.get("world_size", 1), world)
     elif config is None:
         raise ConfigError("a config is needed unless resuming")
     elif (out / ckpt.LAST).is_file() and not force:
@@ -150,17 +141,14 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     verbose = verbose if main else 0
     device = ctx.device if ctx is not None else pick_device(config.device)
     with distributed.main_first():  # rank 0 downloads or decodes into the cache; the others then read it
-        ds = load_dataset(config, progress=verbose > 0)
+        ds = load_dataset(config.replace(limit_train=0) if config.val_split else config, progress=verbose > 0)
+    split = hold_out(config, ds)
     torch.manual_seed(config.seed)
-    model = build_for(config, ds)
+    model = build_for(config, ds, split)
     if init_from:
         _init_weights(model, init_from)
-    trainer = Trainer(
-        model, config.optimizer, config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-        schedule=config.schedule, warmup=config.warmup, label_smoothing=config.label_smoothing,
-        seed=config.seed, device=device, augment=make_augment(config.augment), augment_spec=config.augment,
-        precision=config.precision, channels_last=config.channels_last, verbose=verbose,
-    )  # fmt: skip
+    trainer = Trainer(model, **{**config.trainer_kwargs(), "device": device}, verbose=verbose, dist=ctx)
+    config = config.replace(precision=trainer.precision)  # what "auto" chose is what the run records
     table = summary(model, ds.input_shape)
     trainer.extra_meta = {
         "config": config.to_dict(), "dataset": ds.identity(), "class_names": list(ds.class_names),
@@ -172,14 +160,16 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
         fileio.write_text(out / "summary.txt", table + "\n")
         if verbose:
             print(table)
+    if verbose:
+        print(f"device {device}, precision {trainer.precision} ({trainer.precision_reason})")
     t0 = time.perf_counter()
     try:
         history = trainer.fit(
             ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
-            validation_data=(ds.x_test, ds.y_test), validation_freq=config.validation_freq,
-            run_dir=out, resume=resume, save_every=config.save_every, monitor=config.monitor, mode=config.mode,
-            eval_batch_size=config.eval_batch_size, data_identity=ds.identity(),
-            resume_command=f"mnistlab train --resume {out}",
+            validation_data=None if split else (ds.x_test, ds.y_test), validation_split=split,
+            validation_freq=config.validation_freq, callbacks=run_callbacks(config, out, ctx),
+            resume_from=out / ckpt.LAST if resume else None, eval_batch_size=config.eval_batch_size,
+            data_identity=ds.identity(),
         )  # fmt: skip
     except TrainingInterrupted:
         if resume:
@@ -193,7 +183,8 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     test = trainer.evaluate(ds.x_test, ds.y_test, config.eval_batch_size)
     result = {
         "test": test, "epochs": len(history.epoch), "train_time_s": getattr(trainer, "train_time", wall),
-        "fit_wall_s": wall, "best": history.best, "dataset": ds.identity(), "device": str(device),
+        "fit_wall_s": wall, "best": history.best, "validated_on": config.validated_on, "dataset": ds.identity(),
+        "device": str(device),
         "threads": torch.get_num_threads(), "processes": ctx.world_size if ctx else 1,
     }  # fmt: skip
     fileio.write_json(out / "result.json", result)
@@ -206,62 +197,56 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     return result
 
 
-def _merge_resume(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """On resume the saved config wins, except ``epochs`` (the new total) and where-to-run settings."""
-    merged = saved.to_dict()
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if k not in RESUMABLE_OVERRIDES:
-            if merged.get(k) != v:
-                raise ConfigError(
-                    f"cannot change {k} when resuming (saved {merged.get(k)!r}, given {v!r}); "
-                    f"only {', '.join(RESUMABLE_OVERRIDES)} may change"
-                )
-            continue
-        merged[k] = v
-    return TrainConfig.from_dict(merged)
+def hold_out(config: TrainConfig, ds: Dataset) -> int:
+    """Put the validation images at the end of ``ds``'s training arrays; return how many there are.
+
+    They are the last ``val_split`` images of the whole training set (as Keras's ``validation_split``),
+    whatever ``limit_train`` keeps of the rest, so a quick run on a subset validates on the same images
+    as a full one and ``--limit-train`` below the held-out count still works.
+    """
+    if not config.val_split:
+        return 0
+    n_val = config.validation_count(len(ds.x_train))
+    keep = len(ds.x_train) - n_val
+    if config.limit_train and config.limit_train < keep:
+        ds.x_train = np.concatenate([ds.x_train[: config.limit_train], ds.x_train[keep:]])
+        ds.y_train = np.concatenate([ds.y_train[: config.limit_train], ds.y_train[keep:]])
+    return n_val
+
+
+def run_callbacks(config: TrainConfig, out: Path, ctx: distributed.Context | None) -> list[cb.Callback]:
+    """What a run folder does, as callbacks: stop and plateau first (their state is saved), then the
+    ``best``/``last`` checkpoints, ``metrics.csv``/``history.json``, TensorBoard, and Ctrl-C → save + exit 130.
+    """
+    monitor, mode = config.monitor, config.monitor_mode
+    callbacks: list[cb.Callback] = []
+    if config.early_stopping:
+        callbacks.append(cb.EarlyStopping(monitor=monitor, mode=mode, patience=config.early_stopping))
+    if config.reduce_lr_on_plateau:
+        callbacks.append(cb.ReduceLROnPlateau(monitor=monitor, mode=mode, patience=config.reduce_lr_on_plateau))
+    callbacks += [
+        cb.ModelCheckpoint(out / ckpt.BEST, monitor=monitor, mode=mode, save_best_only=True),
+        cb.ModelCheckpoint(out / ckpt.LAST, save_every=config.save_every),
+        cb.CSVLogger(out),
+    ]
+    if config.tensorboard:
+        callbacks.append(cb.TensorBoard(config.tensorboard))
+    if ctx is None:  # under torchrun a Ctrl-C stops every rank at once; the run resumes from its last save
+        callbacks.append(cb.GracefulInterrupt(out / ckpt.LAST, f"mnistlab train --resume {out}"))
+    return callbacks
 
 
 def _init_weights(model: torch.nn.Module, source: str) -> None:
-    """Warm start: copy weights only from a run folder, checkpoint, or a plain state-dict file."""
-    p = Path(source)
-    if p.suffix in (".pt", ".pth"):
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types for bad files
-            raise CheckpointError(f"{p}: not a loadable weights file ({str(e).splitlines()[0]})") from None
-        state = state.get("model", state) if isinstance(state, dict) else state
-    else:
-        tensors, _ = ckpt.read(ckpt.resolve(p, "best"))
-        state = ckpt.prefixed(tensors, "model/")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{p}: weights do not fit this model ({str(e).strip().splitlines()[0]})") from None
+    """Warm start: weights only, from a run, a checkpoint, a mnistlab export, a Keras file or a state dict."""
+    from mnistlab.interop import load_init_state
+
+    model.load_state_dict(load_init_state(source, model), strict=False)  # checked key by key; BN counters may lack
 
 
 def evaluate_run(run: str | Path, which: str = "best", dataset: str | None = None) -> dict:
-    """Loss, accuracy and per-class accuracy of a run's checkpoint on its data set's test split."""
-    loaded = ckpt.load_checkpoint(run, which)
-    cfg = TrainConfig.from_dict(loaded.config) if loaded.config else TrainConfig()
-    if dataset:
-        cfg.dataset, cfg.data_dir = dataset, None
-    ds = load_dataset(cfg, progress=False)
-    x, y = images_to_tensor(ds.x_test), labels_to_tensor(ds.y_test)
-    logits = predict_logits(loaded.model, x)
-    pred = logits.argmax(1)
-    per_class = {}
-    for c, name in enumerate(loaded.class_names):
-        mask = y == c
-        per_class[name] = float((pred[mask] == c).float().mean()) if mask.any() else float("nan")
-    return {
-        "checkpoint": str(loaded.path),
-        "loss": float(torch.nn.functional.cross_entropy(logits, y)),
-        ACC: float((pred == y).float().mean()),
-        "per_class": per_class,
-        "n": len(y),
-    }
+    """Loss, accuracy and per-class accuracy of a run's checkpoint on its data set's test split
+    (``RunFolder.evaluate``; a run without a config is refused unless ``dataset`` names the data set)."""
+    return RunFolder(run).evaluate(which, dataset)
 
 
 def _version() -> str:

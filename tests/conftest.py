@@ -1,29 +1,14 @@
-"""Shared fixtures: an isolated data home, real data paths, a subprocess runner, a real browser."""
+"""Shared fixtures: an isolated data home, real data sets, shared trained runs, a real browser."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-EMBEDDED = ROOT / "mnistlab" / "datasets" / "data" / "mnist"
-
-
-def shared_dataset(name: str) -> Path:
-    """``../shared/datasets/<name>``, the real files; falls back to what ships or Debian installs."""
-    folder = SHARED / name
-    if folder.is_dir():
-        return folder
-    fallback = {"mnist": EMBEDDED, "fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}[name]
-    if not fallback.is_dir():
-        pytest.skip(f"no {name} files here")
-    return fallback
+# Tests import these from tests.helpers; the names stay here for tests written before helpers.py existed.
+from tests.helpers import EMBEDDED, ROOT, SHARED, run_cli, shared_dataset  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -46,21 +31,16 @@ def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return h
 
 
-def run_cli(
-    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600, input: str | None = None
-) -> subprocess.CompletedProcess:
-    """Run ``python -m mnistlab ARGS`` in a real subprocess (``input`` is fed to its stdin)."""
-    full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "mnistlab", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=timeout,
-        input=input,
-    )
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """The real Fashion-MNIST IDX files; a test asking for them is skipped where there are none."""
+    return shared_dataset("fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST IDX files (the shared copy, else the ones embedded in the package)."""
+    return shared_dataset("mnist")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from mnistlab.errors import ConfigError
 from mnistlab.models import build_model
 from mnistlab.runs import train_run
 from mnistlab.tensors import images_to_tensor
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")

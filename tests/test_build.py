@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnistlab import imaging
 from mnistlab.cli import main
 from mnistlab.datasets import build as B
-from mnistlab.datasets import load, load_data
+from mnistlab.datasets import decoding, load, load_data
 from mnistlab.datasets.build import BuildError, ImageOptions, build_dataset, decode_image
 from mnistlab.errors import DatasetError, ImageError
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 N_TRAIN, N_TEST = 300, 100
 
@@ -257,19 +258,20 @@ def test_jpeg_fast_path_matches_pillow(mnist_arrays, mode, progressive):
         img.save(buf, "JPEG", quality=80, progressive=progressive)
         data = buf.getvalue()
         for color in ("gray", "rgb"):
-            opts = ImageOptions(color=color)
-            fast = B._jpeg_fast(data, opts)
+            fast = imaging._jpeg_fast(data, color, (28, 28))
             assert fast is not None
-            np.testing.assert_array_equal(fast, B._decode_pil(data, opts))
+            general = np.asarray(imaging.flatten(imaging.open_image(data, size=(28, 28)), color))
+            np.testing.assert_array_equal(fast, general)
+            np.testing.assert_array_equal(imaging.decode(data, color, size=(28, 28)), general)
 
 
 def test_parallel_decoding_equals_serial(course_jpg, monkeypatch, tmp_path):
     folder = course_jpg / f"mnist_train_jpg_{N_TRAIN}"
     paths = sorted(str(p) for p in folder.iterdir()) + [str(folder / "missing.jpg")]
-    serial, failed_s = B.decode_all(paths, ImageOptions(), workers=1, progress=False)
-    monkeypatch.setattr(B, "_POOL_MIN", 10)
+    serial, failed_s = decoding.decode_all(paths, ImageOptions(), workers=1, progress=False)
+    monkeypatch.setattr(decoding, "_POOL_MIN", 10)
     seen = []
-    parallel, failed_p = B.decode_all(paths, ImageOptions(), workers=2, progress=False, on_chunk=seen.append)
+    parallel, failed_p = decoding.decode_all(paths, ImageOptions(), workers=2, progress=False, on_chunk=seen.append)
     np.testing.assert_array_equal(serial, parallel)
     assert failed_s == failed_p and list(failed_p) == [len(paths) - 1] and "missing file" in failed_p[len(paths) - 1]
     assert seen[-1] == len(paths)
@@ -417,7 +419,7 @@ def test_decode_image_errors(tmp_path):
     with pytest.raises(ImageError, match="x.png: not an image"):
         decode_image(tmp_path / "x.png")
     (tmp_path / "big.png").write_bytes(png_header_only(200, 200))
-    with pytest.raises(ImageError, match="too large: 200x200"):
+    with pytest.raises(ImageError, match="too large: 200×200"):
         decode_image(tmp_path / "big.png", ImageOptions(max_pixels=10_000))
 
 
@@ -504,3 +506,68 @@ def test_cli_build_then_train_and_show(course_png, tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     result = json.loads((run / "result.json").read_text())
     assert result["dataset"]["name"] == "own" and result["test"]["sparse_categorical_accuracy"] > 0.3
+
+
+# -- links, FIFOs and devices (issue 15, item 8) ---------------------------------------------------
+
+
+def test_class_folders_follow_no_links_out_or_in_loops_and_read_no_fifos(mnist_arrays, tmp_path):
+    train = tmp_path / "src" / "train"
+    for label in (3, 5):
+        (train / str(label)).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(mnist_arrays[0][label * 3 + i]).save(train / str(label) / f"img{i}.png")
+    Image.fromarray(mnist_arrays[0][0]).save(tmp_path / "outside.png")
+    (train / "3" / "again").symlink_to(".")  # a loop: 6 images became 200+
+    (train / "5" / "up").symlink_to("..")  # two such links never finish
+    (train / "3" / "far.png").symlink_to(tmp_path / "outside.png")
+    (train / "5" / "zero.png").symlink_to("/dev/zero")  # read until memory ran out
+    os.mkfifo(train / "3" / "pipe.png")  # blocked for ever
+    with pytest.raises(BuildError) as info:
+        build_dataset(train, tmp_path / "own", split=0.5, workers=1, progress=False)
+    reasons = {Path(b.where).relative_to(train).as_posix(): b.reason for b in info.value.bad}
+    assert set(reasons) == {"3/again", "5/up", "3/far.png", "5/zero.png", "3/pipe.png"}, reasons
+    assert reasons["3/again"].startswith("link to a folder, not followed") and reasons["5/up"] == reasons["3/again"]
+    assert reasons["3/far.png"].startswith(f"symbolic link to {tmp_path / 'outside.png'}, outside the image folder")
+    assert reasons["5/zero.png"].startswith("symbolic link to /dev/zero, outside the image folder")
+    assert reasons["3/pipe.png"].startswith("not a regular file (a FIFO); only image files are read: ")
+    result = build_dataset(train, tmp_path / "own", split=0.5, skip_bad=True, workers=1, progress=False)
+    assert result.n_train + result.n_test == 6 and len(result.bad) == 5
+
+
+def test_list_entries_stay_inside_the_image_folder(bad_source, tmp_path, capsys):
+    img = bad_source / "train"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a.png").write_bytes((img / "ok0.png").read_bytes())
+    (img / "sub").symlink_to(tmp_path / "elsewhere")
+    (img / "zero.png").symlink_to("/dev/zero")
+    (img / "out.png").symlink_to(tmp_path / "outside.png")
+    (img / "same.png").symlink_to("ok0.png")  # a link inside the folder is fine, but it is ok0.png again
+    (img / "dir.png").mkdir()
+    os.mkfifo(img / "pipe.png")
+    names = [
+        "ok0.png 5",
+        "sub/a.png 1",
+        "zero.png 2",
+        "out.png 3",
+        "same.png 5",
+        "pipe.png 4",
+        "dir.png 4",
+        "ok1.png 0",
+    ]
+    (bad_source / "links.txt").write_text("".join(f"train/{n}\n" for n in names))  # the image folder: bad_source
+    with pytest.raises(BuildError) as info:
+        build_dataset(bad_source / "links.txt", tmp_path / "out", split=0.5, workers=1, progress=False)
+    reasons = {int(b.where.rsplit(":", 1)[1]): b.reason for b in info.value.bad}
+    assert set(reasons) == {2, 3, 4, 5, 6, 7}, reasons
+    assert reasons[2].startswith(f"path leads out of the image folder {bad_source} (through a link to ")
+    assert reasons[3].startswith("symbolic link to /dev/zero, outside the image folder")
+    assert reasons[4].startswith(f"symbolic link to {tmp_path / 'outside.png'}")
+    assert reasons[5].startswith("duplicate of ") and reasons[5].endswith("links.txt:1")
+    assert reasons[6] == f"not a regular file (a FIFO); only image files are read: {img / 'pipe.png'}"
+    assert reasons[7] == f"not an image: {img / 'dir.png'} is a folder"
+    # The CLI reports each one on its own line, as any other bad line, and writes nothing.
+    assert main(["data", "build", str(bad_source / "links.txt"), "--split", "0.5", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "6 bad entries; nothing written" in err.splitlines()[0] and "Traceback" not in err
+    assert all(f"links.txt:{n}: " in err for n in (2, 3, 4, 5, 6, 7)) and not (tmp_path / "out").exists()

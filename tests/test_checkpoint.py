@@ -20,17 +20,20 @@ import torch
 from mnistlab import checkpoint as ckpt
 from mnistlab.datasets import mnist
 from mnistlab.errors import CheckpointError
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli, run_cli_forked
 
-ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "4", "--batch-size", "100"]
+ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "4", "--batch-size", "100",
+        "--val-split", "0"]  # fmt: skip
 
 
+# Every run here is a real process (it must be able to die by SIGKILL), forked from a server that has
+# imported torch already, so each starts from the same fresh state without paying the import.
 def train(out: Path, *extra: str, fault: str = "") -> subprocess.CompletedProcess:
-    return run_cli("train", *ARGS, "--out", str(out), "--quiet", *extra, env={"MNISTLAB_FAULT": fault})
+    return run_cli_forked("train", *ARGS, "--out", str(out), "--quiet", *extra, env={"MNISTLAB_FAULT": fault})
 
 
 def resume(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli("train", "--resume", str(out), "--quiet", *extra, env={"MNISTLAB_FAULT": ""})
+    return run_cli_forked("train", "--resume", str(out), "--quiet", *extra, env={"MNISTLAB_FAULT": ""})
 
 
 def state(out: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -106,6 +109,17 @@ def test_sigint_saves_exits_130_and_resumes(straight: Path, tmp_path: Path) -> N
     assert_identical(straight, out)
 
 
+def test_an_injected_error_runs_in_this_process(tmp_path: Path) -> None:
+    # Fault points read MNISTLAB_FAULT when asked, so a fault that needs no real kill needs no new process.
+    out = tmp_path / "run"
+    r = run_cli("train", *ARGS, "--out", str(out), "--quiet", env={"MNISTLAB_FAULT": "error-step:45"})
+    assert (r.returncode, r.stderr) == (2, "mnistlab: error: fault injected by MNISTLAB_FAULT=error-step:45\n")
+    _, meta = state(out)  # the save at the end of epoch 1 (step 30) is whole; step 45 never reached a save
+    assert (meta["epoch"], meta["step"]) == (1, 0)
+    r = run_cli("train", *ARGS, "--out", str(tmp_path / "other"), "--epochs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr  # the setting went with the command: the next run has no fault
+
+
 def test_resuming_a_finished_run_does_nothing(straight: Path) -> None:
     before = (straight / ckpt.LAST).read_bytes()
     r = resume(straight)
@@ -118,7 +132,7 @@ def test_best_is_never_replaced_by_a_worse_one_across_a_restart(tmp_path: Path) 
     out = tmp_path / "run"
     args = ["--preset", "lesson", "--limit-train", "3000", "--limit-test", "500", "--batch-size", "100", "--lr", "0.05",
             "--epochs", "5", "--out", str(out), "--quiet"]  # fmt: skip
-    r = run_cli("train", *args, env={"MNISTLAB_FAULT": "epoch:3"})
+    r = run_cli_forked("train", *args, env={"MNISTLAB_FAULT": "epoch:3"})
     assert r.returncode == -signal.SIGKILL
     best_before = (out / ckpt.BEST).read_bytes()
     assert ckpt.read_meta(out / ckpt.BEST)["history"]["best"]["epoch"] == 3
@@ -156,7 +170,7 @@ def test_resume_with_changed_data_is_refused(tmp_path: Path) -> None:
 
     write(0)
     out = tmp_path / "run"
-    r = run_cli(
+    r = run_cli_forked(
         "train",
         "--dataset",
         str(data),
@@ -165,6 +179,8 @@ def test_resume_with_changed_data_is_refused(tmp_path: Path) -> None:
         "--out",
         str(out),
         "--quiet",
+        "--val-split",
+        "0",
         env={"MNISTLAB_FAULT": "epoch:1"},
     )
     assert r.returncode == -signal.SIGKILL
@@ -241,3 +257,17 @@ def test_cnn_channels_last_resume_is_bit_identical(tmp_path: Path, precision: st
     train_run(config(1), tmp_path / "b", verbose=0)
     train_run(None, tmp_path / "b", resume=True, overrides={"epochs": 2}, verbose=0)
     assert_identical(tmp_path / "a", tmp_path / "b")
+
+
+def test_cli_kill9_with_early_stopping_and_plateau_resumes_bit_identical(tmp_path: Path) -> None:
+    # The run folder's own callbacks, from the CLI: their state rides in every checkpoint.
+    flags = ["--early-stopping", "2", "--reduce-lr-on-plateau", "1", "--monitor", "val_loss", "--schedule", "constant"]
+    a, b = tmp_path / "straight", tmp_path / "killed"
+    assert train(a, *flags).returncode == 0
+    r = train(b, *flags, "--save-every", "10", fault="step:75")  # mid-epoch 3, last saved at step 70
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert resume(b).returncode == 0
+    assert_identical(a, b)
+    ma, mb = ckpt.read_meta(a / ckpt.LAST), ckpt.read_meta(b / ckpt.LAST)
+    assert set(ma["callbacks"]) == {"EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint"}
+    assert ma["callbacks"] == mb["callbacks"] and ma["lr_factor"] == mb["lr_factor"]

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli, run_cli_process
 
 
 def test_list_shows_the_lookup_order(home: Path) -> None:
-    r = run_cli("data", "list", env={"MNISTLAB_HOME": str(home)})
+    # A new interpreter, once: `python -m mnistlab` itself (the other tests call main() in this process).
+    r = run_cli_process("data", "list", env={"MNISTLAB_HOME": str(home)})
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert f"data home: {home}" in lines[0]

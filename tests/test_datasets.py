@@ -14,7 +14,7 @@ from mnistlab.datasets import fashion_mnist, idx, load, mnist
 from mnistlab.datasets.specs import FASHION_MNIST, MNIST, PARTS
 from mnistlab.datasets.store import EMBEDDED_DIR, describe_locations
 from mnistlab.errors import DatasetError
-from tests.conftest import shared_dataset
+from tests.helpers import shared_dataset
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -109,3 +109,59 @@ def test_metric_sums_avoid_float64_on_mps_only() -> None:
     assert devices.accumulator_dtype(torch.device("mps")) == torch.float32
     assert devices.accumulator_dtype(torch.device("cpu")) == torch.float64
     assert devices.accumulator_dtype(torch.device("cuda", 0)) == torch.float64
+
+
+# -- precision by capability (issue 16): the capability queries are patched, the choice logic is not -----
+
+
+def _cpu_with(monkeypatch, amx: bool, avx512_bf16: bool) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+
+def test_auto_precision_is_fp32_on_a_cpu_without_bf16_units(monkeypatch) -> None:
+    import torch
+
+    _cpu_with(monkeypatch, amx=False, avx512_bf16=False)
+    precision, why = devices.resolve_precision("auto", torch.device("cpu"))
+    assert precision == "fp32" and "no native bf16 units" in why
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16", "named"), [(True, False, "AMX"), (False, True, "AVX512-BF16")])
+def test_auto_precision_is_bf16_where_bf16_units_exist(monkeypatch, amx: bool, avx512_bf16: bool, named: str) -> None:
+    import torch
+
+    _cpu_with(monkeypatch, amx=amx, avx512_bf16=avx512_bf16)
+    precision, why = devices.resolve_precision("auto", torch.device("cpu"))
+    assert precision == "bf16" and named in why
+
+
+def test_explicit_precision_wins_and_auto_reaches_the_trainer(monkeypatch) -> None:
+    import torch
+
+    from mnistlab.engine import Trainer
+    from mnistlab.models import mlp
+
+    _cpu_with(monkeypatch, amx=False, avx512_bf16=False)
+    assert devices.resolve_precision("bf16", torch.device("cpu")) == ("bf16", "asked for")
+    assert Trainer(mlp(), device="cpu", precision="auto").precision == "fp32"
+    _cpu_with(monkeypatch, amx=True, avx512_bf16=True)
+    assert Trainer(mlp(), device="cpu", precision="auto").precision == "bf16"
+    assert Trainer(mlp(), device="cpu", precision="fp32").precision == "fp32"
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
+        devices.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_a_run_records_what_auto_chose(monkeypatch, tmp_path) -> None:
+    import json
+
+    from mnistlab.config import from_preset
+    from mnistlab.runs import train_run
+
+    _cpu_with(monkeypatch, amx=False, avx512_bf16=False)
+    config = from_preset("best", epochs=1, limit_train=256, limit_test=256, val_split=256, batch_size=128, device="cpu")
+    assert config.precision == "auto"
+    train_run(config, tmp_path / "run", verbose=0)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "fp32"

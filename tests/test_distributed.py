@@ -27,9 +27,10 @@ from mnistlab.cli import main
 from mnistlab.config import from_preset
 from mnistlab.errors import ConfigError, DistributedError, MnistlabError
 from mnistlab.runs import train_run
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
-ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "3", "--batch-size", "100"]
+ARGS = ["--preset", "fast", "--limit-train", "3000", "--limit-test", "500", "--epochs", "3", "--batch-size", "100",
+        "--val-split", "0"]  # fmt: skip
 TIMEOUT = 300  # seconds; a hang fails the test instead of stalling the suite
 
 
@@ -68,7 +69,7 @@ def test_every_rank_ends_with_the_same_weights(ddp_run: Path) -> None:
 
 
 def test_metrics_equal_a_single_process_with_the_same_global_batch(ddp_run: Path, tmp_path: Path) -> None:
-    config = from_preset("fast", limit_train=3000, limit_test=500, epochs=3, batch_size=100)
+    config = from_preset("fast", limit_train=3000, limit_test=500, epochs=3, batch_size=100, val_split=0)
     single = tmp_path / "single"
     train_run(config, single, verbose=0)
     one = json.loads((single / "history.json").read_text())["history"]
@@ -248,17 +249,19 @@ def _noise(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def _fit_with_noise(run_dir: str, resume: bool) -> list[float]:
     """One rank of a library-level run: ``setup`` + ``Trainer.fit``, a batch-norm CNN, random augmentation."""
+    from mnistlab.callbacks import ModelCheckpoint
     from mnistlab.datasets import mnist
     from mnistlab.engine import Trainer
     from mnistlab.models import cnn
 
-    distributed.setup("cpu")
+    ctx = distributed.setup("cpu")
     try:
         (x, y), (xt, yt) = mnist.load_data()
         torch.manual_seed(0)
-        trainer = Trainer(cnn(width=4), lr=3e-3, augment=_noise, augment_spec="noise", device="cpu", verbose=0)
+        trainer = Trainer(cnn(width=4), lr=3e-3, augment=_noise, augment_spec="noise", verbose=0, dist=ctx)
+        last = Path(run_dir) / ckpt.LAST
         h = trainer.fit(x[:2000], y[:2000], batch_size=100, epochs=2, validation_data=(xt[:500], yt[:500]),
-                        run_dir=run_dir, resume=resume, save_every=5)  # fmt: skip
+                        callbacks=[ModelCheckpoint(last, save_every=5)], resume_from=last if resume else None)  # fmt: skip
         return h.history["loss"]
     finally:
         distributed.teardown()
@@ -280,3 +283,19 @@ def test_kill_and_resume_with_augmentation_and_batch_norm_is_bit_identical(
     (a, _), (b, _) = ckpt.read(straight / ckpt.LAST), ckpt.read(killed / ckpt.LAST)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed run differs"
     assert not torch.equal(a["rng/augment"], a["rank1/rng/augment"])  # two streams, both restored exactly
+
+
+def test_a_trainer_given_no_context_trains_alone_even_inside_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The distributed context is an argument: a process that joined a run trains alone unless it passes it."""
+    from mnistlab.datasets import mnist
+    from mnistlab.engine import Trainer
+    from mnistlab.models import mlp
+
+    joined = distributed.Context(rank=1, world_size=2, local_rank=1, backend="gloo", device=torch.device("cpu"))
+    monkeypatch.setattr(
+        distributed, "_ctx", joined
+    )  # as after setup() on rank 1 (no process group: any collective fails)
+    (x, y), _ = mnist.load_data()
+    trainer = Trainer(mlp(), verbose=0)
+    h = trainer.fit(x[:500], y[:500], batch_size=100, epochs=1)
+    assert trainer.dist is None and trainer.is_main and len(h.epoch) == 1

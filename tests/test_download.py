@@ -15,10 +15,7 @@ from mnistlab.datasets import download as dl
 from mnistlab.datasets import load
 from mnistlab.datasets.specs import FASHION_MNIST, PARTS
 from mnistlab.errors import DownloadError
-from tests.conftest import run_cli, shared_dataset
-
-FASHION = shared_dataset("fashion-mnist")
-MNIST = shared_dataset("mnist")
+from tests.helpers import run_cli
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -28,7 +25,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         kind, _, name = self.path.strip("/").partition("/")
         self.server.hits.append(self.path)  # type: ignore[attr-defined]
-        src = {"good": FASHION, "truncated": FASHION, "wrong": MNIST}.get(kind)
+        src = self.server.sources.get(kind)  # type: ignore[attr-defined]
         if kind == "slow":
             time.sleep(3)
         if src is None or not (src / name).is_file():
@@ -45,8 +42,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, list[str]]]:
+def server(fashion_dir: Path, mnist_dir: Path) -> Iterator[tuple[str, list[str]]]:
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.sources = {"good": fashion_dir, "truncated": fashion_dir, "wrong": mnist_dir}  # type: ignore[attr-defined]
     srv.hits = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()

@@ -35,7 +35,7 @@ from mnistlab.export.txt import format_weights_txt
 from mnistlab.models import lenet5
 from mnistlab.runs import train_run
 from mnistlab.tensors import images_to_tensor
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 PRESETS = ("mlp", "lenet5", "cnn")
 TOL = 1e-5  # the parity target on probabilities

@@ -12,9 +12,7 @@ import pytest
 from mnistlab.datasets import fashion_mnist, import_dataset, load
 from mnistlab.datasets.specs import PARTS
 from mnistlab.errors import DatasetError
-from tests.conftest import run_cli, shared_dataset
-
-FASHION = shared_dataset("fashion-mnist")
+from tests.helpers import run_cli
 
 
 @pytest.fixture
@@ -30,8 +28,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     )
 
 
-def test_import_keras_npz(home: Path, tmp_path: Path, no_system) -> None:
-    (x, y), (xt, yt) = fashion_mnist.load_data(path=FASHION)
+def test_import_keras_npz(fashion_dir: Path, home: Path, tmp_path: Path, no_system) -> None:
+    (x, y), (xt, yt) = fashion_mnist.load_data(path=fashion_dir)
     npz = tmp_path / "fashion-mnist.npz"
     np.savez(npz, x_train=x, y_train=y, x_test=xt, y_test=yt)
     dest = import_dataset("fashion_mnist", npz)
@@ -40,24 +38,26 @@ def test_import_keras_npz(home: Path, tmp_path: Path, no_system) -> None:
     assert ds.source.startswith("home:") and np.array_equal(ds.x_test, xt)
 
 
-def test_import_gz_folder_and_raw_folder(home: Path, tmp_path: Path, no_system) -> None:
-    import_dataset("fashion_mnist", FASHION)
+def test_import_gz_folder_and_raw_folder(fashion_dir: Path, home: Path, tmp_path: Path, no_system) -> None:
+    import_dataset("fashion_mnist", fashion_dir)
     raw = tmp_path / "raw"
     raw.mkdir()
     for part in PARTS.values():
-        (raw / part).write_bytes(gzip.decompress((FASHION / f"{part}.gz").read_bytes()))
+        (raw / part).write_bytes(gzip.decompress((fashion_dir / f"{part}.gz").read_bytes()))
     import_dataset("fashion_mnist", raw)  # same content again: replaces in place, no backup needed
     files = sorted(p.name for p in (home / "fashion_mnist").iterdir())
     assert files == sorted(f"{p}.gz" for p in PARTS.values())
     assert load("fashion_mnist", download=False).x_train.shape == (60000, 28, 28)
 
 
-def test_corrupt_import_is_rejected_without_touching_the_home(home: Path, tmp_path: Path, no_system) -> None:
-    import_dataset("fashion_mnist", FASHION)
-    (x, y), (xt, yt) = fashion_mnist.load_data(path=FASHION)
+def test_corrupt_import_is_rejected_without_touching_the_home(
+    fashion_dir: Path, home: Path, tmp_path: Path, no_system
+) -> None:
+    import_dataset("fashion_mnist", fashion_dir)
+    (x, y), (xt, yt) = fashion_mnist.load_data(path=fashion_dir)
     before = _snapshot(home / "fashion_mnist")
     bad = tmp_path / "bad"
-    shutil.copytree(FASHION, bad)
+    shutil.copytree(fashion_dir, bad)
     data = bytearray(gzip.decompress((bad / "t10k-images-idx3-ubyte.gz").read_bytes()))
     data[5000] ^= 0xFF
     (bad / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(data)))
@@ -70,11 +70,11 @@ def test_corrupt_import_is_rejected_without_touching_the_home(home: Path, tmp_pa
     assert _snapshot(home / "fashion_mnist") == before
 
 
-def test_import_keeps_a_differing_hand_placed_file(home: Path, no_system) -> None:
+def test_import_keeps_a_differing_hand_placed_file(fashion_dir: Path, home: Path, no_system) -> None:
     folder = home / "fashion_mnist"
     folder.mkdir(parents=True)
     (folder / "train-labels-idx1-ubyte.gz").write_bytes(b"not really")
-    import_dataset("fashion_mnist", FASHION)
+    import_dataset("fashion_mnist", fashion_dir)
     kept = [p for p in folder.iterdir() if ".replaced-" in p.name]
     assert len(kept) == 1 and kept[0].read_bytes() == b"not really"
 

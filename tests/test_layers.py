@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "mnistlab.engine": 4,
     "mnistlab.callbacks": 4,
     "mnistlab.runs": 5,
+    "mnistlab.runfolder": 5,
     "mnistlab.analysis": 5,
     "mnistlab.plots": 5,
     "mnistlab.report": 5,

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from PIL import Image
 
 from mnistlab import plots
 from mnistlab.analysis import Predictions, load_history, predict_run
 from mnistlab.cli import main
 from mnistlab.errors import ConfigError
+from tests.helpers import run_cli
 
 
 def assert_picture(path: Path, min_size: tuple[int, int] = (300, 200)) -> np.ndarray:
@@ -200,3 +200,10 @@ def test_cli_plot_bad_input_in_process(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mnistlab: error: ") and message in err
     assert list(out.iterdir()) == [] and sorted(p.name for p in small_run.iterdir()) == before
+
+
+def test_loss_panel_says_when_label_smoothing_is_on(small_run) -> None:
+    # The fast preset trains with label smoothing 0.1: its training loss sits far above the validation loss.
+    notes = [t.get_text() for t in plots.plot_history(small_run).axes[1].texts]
+    assert notes == ["training loss includes label smoothing 0.1; validation loss does not"]
+    assert not plots.plot_history({"loss": [0.5, 0.3], "val_loss": [0.4, 0.35]}).axes[1].texts

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,9 @@ from PIL import Image
 from mnistlab.datasets import mnist
 from mnistlab.errors import CheckpointError, ImageError
 from mnistlab.photolike import draw_digit, photo_set
-from mnistlab.predict import Prediction, Predictor, expand_inputs, interactive, predict_images
+from mnistlab.predict import PARALLEL_FROM, Prediction, Predictor, expand_inputs, interactive, predict_images
 from mnistlab.preprocess import lesson_image
-from tests.conftest import run_cli
+from tests.helpers import ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ def test_interactive_loop_reports_bad_paths_and_asks_again(mlp_run, pictures) ->
     assert interactive(Predictor(mlp_run), ask=eof, say=said.append) == 0
 
 
-# -- the CLI, as a real subprocess ------------------------------------------------------------------
+# -- the CLI, through mnistlab.cli.main ------------------------------------------------------------
 
 
 def test_cli_predict_lines_json_and_exit_codes(mlp_run, pictures, tmp_path) -> None:
@@ -161,7 +163,7 @@ def test_fashion_run_uses_clothes_preprocessing(tmp_path) -> None:
     from mnistlab.config import from_preset
     from mnistlab.datasets import load
     from mnistlab.runs import train_run
-    from tests.conftest import shared_dataset
+    from tests.helpers import shared_dataset
 
     data = shared_dataset("fashion-mnist")
     run = tmp_path / "fashion"
@@ -191,3 +193,57 @@ def test_default_cnn_reaches_95_percent_on_photo_like_digits(tmp_path) -> None:
     acc = np.mean([p.index == t for p, t in zip(preds, labels, strict=True)])
     print(f"photo-like accuracy, cnn: {acc:.4f}")
     assert acc >= 0.95
+
+
+# -- folders in parallel, and the copy-anywhere NumPy runner -----------------------------------------
+
+
+def test_a_folder_prepared_in_worker_processes_equals_one_by_one(mlp_run, photos, tmp_path) -> None:
+    data, labels = photos
+    n = PARALLEL_FROM + 6  # enough files to start the worker processes
+    for i in range(n):
+        (tmp_path / f"p{i:03d}_{labels[i]}.jpg").write_bytes(data[i])
+    (tmp_path / "p999_notes.png").write_text("not a picture")
+    files = sorted(tmp_path.iterdir())
+    predictor = Predictor(mlp_run)
+    parallel = predictor.predict(files, errors="keep", workers=2)
+    serial = predictor.predict(files, errors="keep", workers=1)
+    assert [p.error for p in parallel] == [p.error for p in serial] and "not an image" in parallel[-1].error
+    for a, b in zip(parallel[:-1], serial[:-1], strict=True):
+        assert a.name == b.name and np.array_equal(a.prepared.image, b.prepared.image), a.source
+        assert a.prepared.bbox == b.prepared.bbox
+    assert np.mean([p.name == f.stem.split("_")[1] for p, f in zip(parallel, files, strict=False)]) > 0.9
+    with pytest.raises(ImageError, match="p999_notes.png: not an image"):
+        predictor.predict(files, workers=2)
+
+
+def test_numpy_runner_answers_as_predict_does(mlp_run, pictures, tmp_path) -> None:
+    # Issue 17: the runner answered 3, 3, 3 where predict said 7, 3, 1 (it skipped the photo recipe).
+    from mnistlab.export import export_run
+
+    weights = export_run(mlp_run, "txt", tmp_path / "weights.txt", check=False, verbose=0)
+    files = sorted(str(f) for f in pictures.glob("photo*.jpg")) + [str(pictures / "drawn_3.png")]
+    expected = [f"{p.source}: {p.name}" for p in Predictor(mlp_run).predict(files)]
+
+    def runner(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "mnistlab.export.numpy_infer", str(weights), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    r = runner(files[0], "--prepare", "digit", *files[1:])  # an option between the file names
+    assert r.returncode == 0, r.stderr
+    assert [line.split(" (")[0] for line in r.stdout.splitlines()] == expected
+    assert runner(*files).stdout == r.stdout  # --prepare auto: the model's data set says digits
+
+    blank = runner(files[0], str(pictures / "blank.png"))
+    assert blank.returncode == 2 and blank.stdout.startswith(expected[0])
+    assert (
+        blank.stderr.strip() == f"numpy_infer: error: {pictures / 'blank.png'}: no digit found (the picture is blank)"
+    )
+
+    # The plain resize, inverted, with --invert before, between or after the files: the same answers.
+    inverted = [runner("--prepare", "none", *files[:2], "--invert", files[2]).stdout,
+                runner("--invert", "--prepare", "none", *files[:3]).stdout,
+                runner(*files[:3], "--prepare", "none", "--invert").stdout]  # fmt: skip
+    assert inverted[0] and inverted[0] == inverted[1] == inverted[2]
+    plain = runner("--prepare", "none", *files[:3]).stdout
+    assert plain != inverted[0]  # --invert did something

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from PIL import Image
 
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.report import write_report
+from tests.helpers import run_cli
 
 SECTIONS = ["Final metrics", "Training curves", "Per-class accuracy", "Confusion matrix", "Most confident mistakes",
             "Metrics per epoch", "Config", "Model"]  # fmt: skip
@@ -44,7 +44,7 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def report(small_run: Path, tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> Path:
-    """The report as a user makes it: ``mnistlab report RUN -o out/run.html`` in a real subprocess."""
+    """The report as a user makes it: ``mnistlab report RUN -o out/run.html`` (through ``mnistlab.cli.main``)."""
     cwd = tmp_path_factory.mktemp("report")
     r = run_cli(
         "report",
@@ -135,5 +135,9 @@ def test_report_bad_input(tmp_path: Path) -> None:
 
 def test_cli_report_bad_input(tmp_path: Path) -> None:
     r = run_cli("report", "nowhere", cwd=tmp_path)
-    assert (r.returncode, r.stdout, r.stderr) == (2, "", "mnistlab: error: nowhere: no such run folder\n")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2,
+        "",
+        "mnistlab: error: nowhere: no such run folder or checkpoint file\n",
+    )
     assert list(tmp_path.iterdir()) == []

@@ -20,7 +20,7 @@ from PIL import Image
 from mnistlab.datasets import mnist
 from mnistlab.photolike import draw_digit, photo_set, stroke_points
 from mnistlab.predict import Predictor
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def png(im: Image.Image) -> bytes:
@@ -329,7 +329,7 @@ def test_browser_high_dpi_touch_and_live_prediction(browser, server) -> None:
 
 
 def test_serve_cli_refuses_bad_arguments(tmp_path, server, mlp_run) -> None:
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     r = run_cli("serve", str(tmp_path / "no-run"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such run folder" in r.stderr
@@ -356,3 +356,97 @@ def test_host_check_rules() -> None:
     wild = _allowed_hosts("0.0.0.0", [])
     assert _host_allowed("192.168.1.20:8000", wild) and _host_allowed("[fe80::1]:8000", wild)
     assert not _host_allowed("evil.example", wild)
+
+
+def _viewport(driver, width: int, height: int) -> None:
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
+
+
+def _cjk_font_installed() -> bool | None:
+    import shutil
+
+    if not shutil.which("fc-list"):
+        return None
+    out = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True).stdout
+    return bool(out.strip())
+
+
+def _screenshot_shows_ink(driver, path: Path, element_id: str) -> bool:
+    """Save a screenshot and say whether the element's box in it holds dark pixels (the answer was drawn)."""
+    driver.save_screenshot(str(path))
+    r = driver.execute_script(
+        f"const r = document.getElementById('{element_id}').getBoundingClientRect(); "
+        "return [r.left, r.top, r.right, r.bottom, innerWidth, innerHeight];"
+    )
+    with Image.open(path) as im:
+        assert im.size == (r[4], r[5])  # the whole viewport, nothing cut
+        box = im.convert("L").crop(tuple(int(v) for v in r[:4]))
+        return bool(np.asarray(box).min() < 80)
+
+
+def test_browser_phone_width_answer_in_view_no_tofu_no_placeholder(browser, server, tmp_path) -> None:
+    # At 400x800 (a phone), after drawing, the answer lies inside the viewport without scrolling; nothing
+    # is wider than the screen; before any answer there is no broken-image placeholder; the Chinese
+    # subtitle shows only where a font draws it (else its pinyin). Screenshots at desktop and phone size.
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    find = lambda i: browser.find_element(By.ID, i)  # noqa: E731
+    try:
+        for width, height in ((1200, 900), (400, 800)):
+            _viewport(browser, width, height)
+            browser.get(server[0] + "/")
+            WebDriverWait(browser, 30).until(lambda d: "mlp" in d.find_element(By.ID, "model-info").text)
+            assert not find("seen").is_displayed() and not find("input28").is_displayed()
+            cjk = browser.execute_script("return document.documentElement.dataset.cjk")
+            installed = _cjk_font_installed()
+            if installed is not None:
+                assert cjk == ("yes" if installed else "no")
+            assert find("zh").is_displayed() == (cjk == "yes") and find("zh-latin").is_displayed() == (cjk == "no")
+            _draw(browser, 3)
+            assert _wait_answer(browser) == "3"
+            assert find("seen").is_displayed()
+            top, bottom, inner_h, scroll_y, page_w = browser.execute_script(
+                "const r = document.getElementById('answer').getBoundingClientRect(); "
+                "return [r.top, r.bottom, innerHeight, scrollY, document.documentElement.scrollWidth];"
+            )
+            assert scroll_y == 0 and 0 <= top and bottom <= inner_h, (width, top, bottom, inner_h)
+            assert page_w <= width
+            assert _screenshot_shows_ink(browser, tmp_path / f"page-{width}.png", "answer")
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_browser_bad_upload_clears_the_old_picture(page, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+
+    find = lambda i: page.find_element(By.ID, i)  # noqa: E731
+    _draw(page, 5)
+    find("predict").click()
+    _wait_answer(page)
+    assert not page.execute_script(CANVAS_IS_WHITE) and find("seen").is_displayed()
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"these are not the pixels you are looking for")
+    find("file").send_keys(str(bad))
+    assert _wait_answer(page) == "?" and find("error").text
+    assert page.execute_script(CANVAS_IS_WHITE)  # the earlier drawing is gone, not shown beside the error
+    assert not find("seen").is_displayed()
+
+
+def test_report_tables_fit_a_phone(browser, mlp_run, tmp_path) -> None:
+    from mnistlab.report import write_report
+
+    path = write_report(mlp_run, tmp_path / "report.html")
+    _viewport(browser, 400, 800)
+    try:
+        browser.get(path.resolve().as_uri())
+        widths = browser.execute_script(
+            "return [document.documentElement.scrollWidth, "
+            "...[...document.querySelectorAll('table')].map(t => t.getBoundingClientRect().right)];"
+        )
+        assert len(widths) >= 5 and max(widths) <= 400, widths
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -13,7 +13,19 @@ from mnistlab import __version__
 from mnistlab.errors import MnistlabError
 
 # Each name is a module ``mnistlab.cli.<name>`` with ``register(subparsers)``.
-COMMANDS = ["data", "train", "evaluate", "plot", "report", "export", "augment", "predict", "serve"]
+COMMANDS = [
+    "data",
+    "train",
+    "runs",
+    "evaluate",
+    "plot",
+    "report",
+    "export",
+    "augment",
+    "predict",
+    "serve",
+    "import_keras",
+]
 
 
 class Parser(argparse.ArgumentParser):

@@ -11,8 +11,8 @@ import argparse
 import json
 import sys
 
+from mnistlab.config import KINDS
 from mnistlab.errors import ConfigError
-from mnistlab.preprocess import KINDS
 
 THICKEN = {"auto": None, "on": True, "off": False}
 

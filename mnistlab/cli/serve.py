@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from mnistlab.config import KINDS
 from mnistlab.errors import ConfigError
-from mnistlab.preprocess import KINDS
 
 THICKEN = {"auto": None, "on": True, "off": False}
 MAX_UPLOAD_MB = 1024  # a body is held in memory while it is checked

@@ -577,9 +577,9 @@ def clear_cache() -> None:
     shutil.rmtree(data_home() / "cache", ignore_errors=True)
 
 
-def load_for(config: TrainConfig, progress: bool = True) -> Dataset:
+def load_for(config: TrainConfig, progress: bool = True, download: bool = True) -> Dataset:
     """The data set a run config names, cut to its ``limit_train`` / ``limit_test``."""
-    ds = load(config.dataset, path=config.data_dir, progress=progress)
+    ds = load(config.dataset, path=config.data_dir, download=download, progress=progress)
     if config.limit_train:
         ds.x_train, ds.y_train = ds.x_train[: config.limit_train], ds.y_train[: config.limit_train]
     if config.limit_test:

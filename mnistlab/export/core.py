@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from mnistlab import fileio
-from mnistlab.checkpoint import LoadedModel, load_checkpoint
-from mnistlab.errors import ConfigError, ExportError, MnistlabError
+from mnistlab.checkpoint import LoadedModel
+from mnistlab.errors import ConfigError, ExportError
 from mnistlab.export import numpy_infer
 from mnistlab.export.arrays import npz_bytes, safetensors_bytes
 from mnistlab.export.formats import FORMATS
 from mnistlab.export.graph import Graph, describe
 from mnistlab.export.txt import format_weights_txt
+from mnistlab.runfolder import RUN_FILES, RunFolder
 from mnistlab.tensors import images_to_tensor
 
 # Parity targets of the exports: the same predicted class everywhere and probabilities within this.
@@ -121,24 +122,20 @@ def torch_probabilities(model: torch.nn.Module, x: np.ndarray, batch_size: int =
     return torch.cat(out).numpy()
 
 
-def _test_images(loaded: LoadedModel, n: int) -> tuple[np.ndarray, str] | str:
+def _test_images(run: RunFolder, loaded: LoadedModel, which: str, n: int) -> tuple[np.ndarray, str] | str:
     """The first ``n`` test images of the run's data set, or why they cannot be had."""
-    from mnistlab.datasets import load
-
-    cfg = loaded.config
-    name = cfg.get("dataset") or (loaded.meta.get("dataset") or {}).get("name") or "mnist"
-    try:
-        ds = load(name, path=cfg.get("data_dir"), download=False, progress=False)
-    except (MnistlabError, OSError) as e:
-        return f"data set {name!r} not available here ({e})"
-    x = ds.x_test[:n]
+    got = run.test_images(which, n)
+    if isinstance(got, str):
+        return got
+    x, name = got
     if tuple(numpy_infer.images_to_array(x[:1]).shape[1:]) != tuple(loaded.in_shape):
         return f"data set {name!r} images do not fit the model's input {loaded.in_shape}"
-    return x, ds.name
+    return x, name
 
 
-def _check(format: str, data: bytes | str, loaded: LoadedModel, n: int) -> Parity | str:
-    got = _test_images(loaded, n)
+def _check(format: str, data: bytes | str, run: RunFolder, which: str, n: int) -> Parity | str:
+    loaded = run.load(which)
+    got = _test_images(run, loaded, which, n)
     if isinstance(got, str):
         return got
     x, dataset = got
@@ -189,7 +186,8 @@ def export_run(
         raise ConfigError(f"check_images must be ≥ 1, got {check_images}")
     if which not in ("best", "last"):
         raise ConfigError(f"which must be 'best' or 'last', got {which!r}")
-    loaded = load_checkpoint(run, which)
+    folder = RunFolder(run)
+    loaded = folder.load(which)
     graph = describe(loaded.model, loaded.in_shape, layout)
     meta = build_meta(loaded, graph)
     path = _output_path(run, loaded, format, layout, output, force)
@@ -204,7 +202,7 @@ def export_run(
 
         data = onnx_bytes(loaded.model, loaded.in_shape, meta)
     if check:
-        result = _check(format, data, loaded, check_images)
+        result = _check(format, data, folder, which, check_images)
         if isinstance(result, str):
             if verbose:
                 print(f"parity check skipped: {result}")
@@ -240,11 +238,6 @@ def _output_path(
     if out.is_file() and (out.name in RUN_FILES or fileio.is_checkpoint(out)):
         raise ExportError(f"{out}: refusing to overwrite a run's own file with an export; choose another -o")
     return fileio.check_new_output(out, (Path(name).suffix,), force=force)
-
-
-# What a run folder holds besides exports: never overwritten by an export.
-RUN_FILES = ("config.json", "summary.txt", "metrics.csv", "history.json", "result.json", "last.safetensors",
-             "best.safetensors")  # fmt: skip
 
 
 __all__ = ["FORMATS", "PROB_TOLERANCE", "Parity", "build_meta", "default_name", "export_run", "torch_probabilities"]

@@ -3,8 +3,13 @@
 This file imports nothing but NumPy and the standard library (Pillow only when you hand it image
 files), so it can be copied on its own to a machine without PyTorch or mnistlab::
 
-    python numpy_infer.py weights.txt digit.png            # or weights.npz / weights.safetensors
+    python numpy_infer.py weights.txt photo.jpg drawn.png   # or weights.npz / weights.safetensors
     python -m mnistlab.export.numpy_infer weights.npz --npy images.npy
+
+Image files get the same preparation as ``mnistlab predict`` gives them (``--prepare auto``: for a digit
+model, the photo recipe of ``mnistlab.preprocess``: ink polarity, uneven light, dust, crop, thin strokes,
+20×20 box, centre of mass), here in NumPy and Pillow; a test keeps its 28×28 inputs equal to mnistlab's
+within a small tolerance. Options may stand anywhere among the file names.
 
 It reads the three weight formats mnistlab writes (``txt``, ``npz``, ``safetensors``; the ONNX file is
 for onnxruntime), in either tensor layout (``pytorch`` or ``keras``), and runs the ``mlp``, ``lenet5``
@@ -38,6 +43,7 @@ import io
 import json
 import math
 import os
+import stat
 import struct
 import sys
 import zipfile
@@ -606,56 +612,604 @@ class NumpyModel:
         return np.concatenate([softmax(self.forward(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
+# -- the photo recipe: the same preparation as ``mnistlab.preprocess.prepare_image`` -------------------
+#
+# ``mnistlab predict`` prepares each picture like the data set's images before the model sees it; so
+# does this runner, with NumPy and Pillow alone (mnistlab's own pipeline uses OpenCV for speed). A test
+# keeps the two within a small tolerance on a fixed set of photos, drawings and scans.
+
+# Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
+WORK_SIDE = 384
+LOW_SIDE = 128  # smaller pictures are enlarged to this (see _work_scale)
+# MNIST's recipe: the digit fills a 20×20 box, its centre of mass at pixel (14, 14) of 28×28.
+BOX = 20
+SIDE = 28
+# Stroke width relative to the digit's size: MNIST's median is 0.126, its 5th percentile 0.083.
+THIN_STROKE = 0.07
+TARGET_STROKE = 0.11
+# Ink must stand out from the paper around it by this many noise sigmas (at its 90th percentile).
+STRONG_INK = 11.5
+# A border whose values spread less than this (5th to 90th percentile) is a flat background.
+FLAT_BORDER = 0.025
+PREPARATIONS = ("auto", "digit", "fashion", "none")
+
+
+def prepare_digit(gray: np.ndarray, thicken: bool | None = None) -> np.ndarray:
+    """MNIST's recipe on a picture's luma (float 0..1, 1 = white): ink made bright on dark, uneven
+    light and paper shade removed, specks dropped, cropped to the ink, thin strokes thickened, fitted
+    into 20×20 and centred by mass in 28×28 → uint8 ``(28, 28)``. Raises ``NoDigitError`` when there
+    is no digit."""
+    h0, w0 = gray.shape
+    scale = _work_scale(w0, h0)
+    g = _resize(gray, (round(w0 * scale), round(h0 * scale))) if scale != 1 else gray
+    x = 1.0 - g if _ink_is_dark(g) else g
+    x = np.clip(x - _background(x), 0, None)
+    x = _blur3(x)
+    soft, keep, reason = _find_ink(x)
+    if keep is None:
+        raise NoDigitError(f"no digit found ({reason})")
+    soft = soft * _dilate(keep)  # keep the anti-aliased rim of the strokes, drop the specks
+    rows, cols = np.nonzero(soft.any(1))[0], np.nonzero(soft.any(0))[0]
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    big = max(bottom - top, right - left)
+    if big < max(4, 0.03 * max(soft.shape)):
+        raise NoDigitError(f"no digit found (only a speck of ink, {right - left}×{bottom - top} pixels)")
+    crop = soft[top:bottom, left:right]
+    width = _stroke_width(keep[top:bottom, left:right]) / big
+    if thicken or (thicken is None and width < THIN_STROKE):
+        crop = _thicken(crop, width)
+    return _fit_and_centre(crop)
+
+
+def prepare_fashion(gray: np.ndarray) -> np.ndarray:
+    """Fashion-MNIST's recipe (trimmed to the object, longest side 28, centred, negated) → uint8 (28, 28)."""
+    image, reason = _prepare_fashion(gray)
+    if image is None:
+        raise NoDigitError(reason)
+    return image
+
+
+def _work_scale(w: int, h: int) -> float:
+    """The working copy's scale: large pictures to WORK_SIDE (a digit may fill only a fifth of a photo,
+    and still needs twice the 20-pixel box), tiny ones enlarged to LOW_SIDE so the filters have room.
+    (Working pictures of up to WORK_SIDE at half size too cost 1-4 of 600 photo-like digits.)"""
+    side = max(w, h)
+    if side > WORK_SIDE:
+        return WORK_SIDE / side
+    if side < LOW_SIDE:
+        return float(-(-LOW_SIDE // side))
+    return 1.0
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], resample: int | None = None) -> np.ndarray:
+    from PIL import Image
+
+    w, h = max(1, size[0]), max(1, size[1])
+    if resample is None:
+        # Area averaging when shrinking (anti-aliasing, like MNIST's), smooth interpolation when enlarging.
+        resample = Image.BOX if w <= a.shape[1] and h <= a.shape[0] else Image.BICUBIC
+    return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize((w, h), resample), dtype=np.float32)
+
+
+def _ink_is_dark(g: np.ndarray) -> bool:
+    """True for dark ink on light paper. The ink is the minority: measured against the local median
+    (over a third of the picture, where even a bold digit covers less than half), whichever tail of
+    the pixel values stands out further is the ink, whatever the paper's shade or lighting."""
+    local = _thumb_filter(g, 0.15, "median")
+    resid = (g - local)[::2, ::2]  # every other pixel: the same statistics, a quarter of the work
+    sigma = 1.4826 * float(np.median(np.abs(resid))) + 1e-3
+    dark = float(np.clip(-resid - 3 * sigma, 0, None).sum())
+    bright = float(np.clip(resid - 3 * sigma, 0, None).sum())
+    if abs(dark - bright) <= 0.2 * max(dark, bright):  # undecided: the border is usually paper
+        border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+        return bool(np.median(border) >= np.median(g))
+    return dark > bright
+
+
+def _thumb_filter(x: np.ndarray, radius: float, how: str) -> np.ndarray:
+    """A rank filter with a window of ``radius`` × the picture's longest side, run on a thumbnail (so
+    it costs the same for any picture), smoothed and enlarged back to ``x``'s size. ``how`` is
+    ``median`` or ``opening`` (min then max filter: removes bright things narrower than the window
+    and keeps broad ones)."""
+    h, w = x.shape
+    side = 32 if how == "median" else 64  # a 2-D median costs k² per pixel; min and max only 2k
+    s = side / max(h, w)
+    small = _resize(x, (max(1, round(w * s)), max(1, round(h * s))))
+    m = round(radius * side)
+    k, pad = 2 * m + 1, m if how == "median" else 2 * m  # an opening is two filters: twice the margin
+    # Continue the picture past its edges as a mirrored slope: with plain edge copies, light that
+    # brightens towards an edge would be under-estimated there and leave a band that looks like ink.
+    if min(small.shape) > pad:
+        padded = np.pad(small, pad, mode="reflect", reflect_type="odd")
+    else:
+        padded = np.pad(small, pad, mode="edge")
+    win = np.lib.stride_tricks.sliding_window_view
+    if how == "median":
+        out = np.median(win(padded, (k, k)), axis=(-2, -1))
+    else:
+        eroded = win(win(padded, k, axis=0).min(-1), k, axis=1).min(-1)
+        out = win(win(eroded, k, axis=0).max(-1), k, axis=1).max(-1)
+    return _upsample(_blur3(_blur3(out.astype(np.float32))), x.shape)
+
+
+def _background(x: np.ndarray) -> np.ndarray | float:
+    """The (dark) background under bright ink.
+
+    A picture whose border is evenly lit (a canvas, a scan, an MNIST image) has a flat background:
+    its level, taken from the border. Otherwise (a photo) a smooth estimate: a grey opening with a
+    window wider than a stroke (a fifth of the picture) but narrower than the soft shadows and light
+    gradients, which it keeps. The opening is not used on flat pictures because a bold digit filling
+    the frame has blobs of ink wider than its window, which it would take for background.
+    """
+    h, w = x.shape
+    m = max(2, round(0.04 * min(h, w)))
+    border = np.concatenate([x[:m].ravel(), x[-m:].ravel(), x[:, :m].ravel(), x[:, -m:].ravel()])
+    lo, hi = np.percentile(border, [5, 90])
+    if hi - lo < FLAT_BORDER:
+        return float(lo)  # a lower envelope, like the opening: the paper's noise stays above it
+    return _thumb_filter(x, 0.1, "opening")
+
+
+def _upsample(grid: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    from PIL import Image
+
+    return _resize(grid, (shape[1], shape[0]), Image.BILINEAR)
+
+
+def _blur3(x: np.ndarray) -> np.ndarray:
+    """3×3 mean: quiets sensor noise and JPEG speckle (a median filter costs 10× more here)."""
+    p = np.pad(x, 1, mode="edge")
+    rows = p[:-2] + p[1:-1] + p[2:]
+    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9.0
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    top = float(values.max()) + 1e-6
+    idx = np.minimum((values.ravel() * (bins / top)).astype(np.int32), bins - 1)
+    hist = np.bincount(idx, minlength=bins).astype(np.float64)  # np.histogram is several times slower
+    edges = np.linspace(0.0, top, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def label_runs(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected component labels (0 = background, 1..n) of a boolean image, without SciPy.
+
+    Works on horizontal runs of pixels, so the Python loop is over a few runs per row, not pixels.
+
+    >>> label_runs(np.array([[1, 0, 1], [0, 0, 1]], bool))[1]
+    2
+    """
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), np.int8)
+    padded[:, 1:-1] = mask
+    d = np.diff(padded, axis=1)
+    starts_r, starts_c = np.nonzero(d == 1)
+    ends_c = np.nonzero(d == -1)[1]
+    parent = list(range(len(starts_r)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    row_first = np.searchsorted(starts_r, np.arange(h + 1))
+    for r in range(1, h):
+        a0, a1 = row_first[r - 1], row_first[r]  # runs of the row above
+        b0, b1 = row_first[r], row_first[r + 1]
+        i, j = a0, b0
+        while i < a1 and j < b1:
+            # Runs [s, e) touch diagonally when they overlap after widening by one pixel.
+            if starts_c[i] <= ends_c[j] and starts_c[j] <= ends_c[i]:
+                ri, rj = find(i), find(j)
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+            if ends_c[i] < ends_c[j]:
+                i += 1
+            else:
+                j += 1
+    labels = np.zeros((h, w), np.int32)
+    roots: dict[int, int] = {}
+    for k in range(len(starts_r)):
+        lab = roots.setdefault(find(k), len(roots) + 1)
+        labels[starts_r[k], starts_c[k] : ends_c[k]] = lab
+    return labels, len(roots)
+
+
+def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The digit's ink as a soft 0..1 map (anti-aliased edges kept) and a mask of the pieces kept.
+
+    A piece counts as ink when it stands out from the paper right around it by far more than the
+    paper's noise: shading left over from the lighting makes large blobs that rise slowly out of their
+    surroundings, ink rises at once. Kept: the heaviest such piece, others nearly as heavy close by,
+    and smaller pieces near it (a stroke broken by the pen); specks and dirt elsewhere go. The mask is
+    None (with a reason) when there is nothing.
+    """
+    sample = x[::2, ::2]  # every other pixel: the same statistics, a quarter of the work
+    base = float(np.median(sample))
+    sigma = 1.4826 * float(np.median(np.abs(sample - base))) + 1e-4
+    if float(x.max()) - base < 0.03:
+        return x, None, "the picture is blank"
+    t = max(_otsu(x), base + 4 * sigma)
+    labels, n = label_runs(x > t)
+    if n == 0:
+        return x, None, "the picture is blank"
+    comp = _component_stats(labels, n, x - base)
+    local = np.zeros(n)
+    for k in np.argsort(-comp["mass"])[:8]:  # the heaviest candidates are enough
+        local[k] = comp["contrast"][k] + base - _ring_level(x, labels, k + 1, comp["bbox"][k])
+    strong = local >= STRONG_INK * sigma
+    if not strong.any():
+        return x, None, f"nothing stands out from the paper (best contrast {local.max() / sigma:.1f}× the noise)"
+    main = int(np.argmax(np.where(strong, comp["mass"], -1)))
+    top, bottom, left, right = comp["bbox"][main]
+    margin = 0.3 * max(bottom - top, right - left)
+    near = (comp["bbox"][:, 0] >= top - margin) & (comp["bbox"][:, 1] <= bottom + margin)
+    near &= (comp["bbox"][:, 2] >= left - margin) & (comp["bbox"][:, 3] <= right + margin)
+    size = max(bottom - top, right - left)
+    close = (comp["bbox"][:, 0] >= top - size) & (comp["bbox"][:, 1] <= bottom + size)
+    close &= (comp["bbox"][:, 2] >= left - size) & (comp["bbox"][:, 3] <= right + size)
+    heavy = close & (comp["mass"] >= 0.25 * comp["mass"][main])
+    keep = (comp["contrast"] >= 0.7 * STRONG_INK * sigma) & (
+        heavy | (near & (comp["mass"] >= 0.01 * comp["mass"][main]))
+    )
+    keep[main] = True
+    mask = np.concatenate([[False], keep])[labels]
+    level = float(np.percentile(x[labels == main + 1], 90))
+    lo = min(base + 3 * sigma, 0.5 * t)
+    soft = np.clip((x - lo) / max(level - lo, 1e-6), 0, 1).astype(np.float32)
+    return soft, mask, ""
+
+
+def _ring_level(x: np.ndarray, labels: np.ndarray, label: int, bbox: np.ndarray) -> float:
+    """Median of ``x`` in a ring 3 to 6 pixels outside one labelled piece: the paper right around it."""
+    h, w = x.shape
+    top, bottom, left, right = (int(v) for v in bbox)
+    rows = slice(max(0, top - 7), min(h, bottom + 8))
+    cols = slice(max(0, left - 7), min(w, right + 8))
+    piece = labels[rows, cols] == label
+    grown = piece
+    for _ in range(3):
+        grown = _dilate(grown) > 0
+    inner = grown
+    for _ in range(3):
+        grown = _dilate(grown) > 0
+    ring = grown & ~inner
+    return float(np.median(x[rows, cols][ring])) if ring.any() else float(np.median(x))
+
+
+def _component_stats(labels: np.ndarray, n: int, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per labelled piece: ``mass`` (sum of ``x``), ``contrast`` (90th percentile of ``x``) and ``bbox``
+    (top, bottom, left, right; inclusive), computed in one pass over the pixels, not one per piece."""
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs] - 1
+    vals = x[ys, xs]
+    mass = np.bincount(lab, weights=vals, minlength=n)
+    order = np.lexsort((vals, lab))
+    starts = np.searchsorted(lab[order], np.arange(n))
+    counts = np.bincount(lab, minlength=n)
+    contrast = vals[order][starts + (0.9 * (counts - 1)).astype(int)]
+    bbox = np.empty((n, 4), np.int64)
+    bbox[:, 0], bbox[:, 2] = ys.max() + 1, xs.max() + 1
+    bbox[:, 1], bbox[:, 3] = -1, -1
+    np.minimum.at(bbox[:, 0], lab, ys)
+    np.maximum.at(bbox[:, 1], lab, ys)
+    np.minimum.at(bbox[:, 2], lab, xs)
+    np.maximum.at(bbox[:, 3], lab, xs)
+    return {"mass": mass, "contrast": contrast, "bbox": bbox}
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """Grow a mask by one pixel (8-neighbourhood), as 0/1 floats."""
+    p = np.pad(mask, 1)
+    rows = p[:-2] | p[1:-1] | p[2:]
+    return (rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]).astype(np.float32)
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width in pixels: twice the area over the boundary (a stroke has two edges)."""
+    m = np.pad(mask, 1)
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    boundary = int((mask & ~inner).sum())
+    return 2.0 * int(mask.sum()) / max(boundary, 1)
+
+
+def _thicken(crop: np.ndarray, width: float) -> np.ndarray:
+    """Widen strokes to about MNIST's relative width, at a resolution where that is a few pixels."""
+    from PIL import Image, ImageFilter
+
+    h, w = crop.shape
+    s = min(1.0, 80 / max(h, w))
+    small = _resize(crop, (round(w * s), round(h * s))) if s < 1 else crop
+    big = max(small.shape)
+    r = max(1, round((TARGET_STROKE - width) * big / 2))
+    padded = np.pad(small, r)  # the wider strokes must not be cut at the crop's edge
+    grown = Image.fromarray(padded.astype(np.float32), "F").filter(ImageFilter.MaxFilter(2 * r + 1))
+    return np.asarray(grown, np.float32)
+
+
+def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
+    """MNIST's last steps: fit into 20×20 keeping the aspect ratio, centre of mass to pixel (14, 14)."""
+    h, w = crop.shape
+    s = BOX / max(h, w)
+    small = np.clip(_resize(crop, (max(1, round(w * s)), max(1, round(h * s)))), 0, 1)
+    sh, sw = small.shape
+    total = float(small.sum()) or 1.0
+    cy = float((small.sum(1) * np.arange(sh)).sum()) / total
+    cx = float((small.sum(0) * np.arange(sw)).sum()) / total
+    oy = int(np.clip(round(SIDE // 2 - cy), 0, SIDE - sh))
+    ox = int(np.clip(round(SIDE // 2 - cx), 0, SIDE - sw))
+    out = np.zeros((SIDE, SIDE), np.float32)
+    out[oy : oy + sh, ox : ox + sw] = small
+    return (out * 255).round().astype(np.uint8)
+
+
+def _prepare_fashion(gray: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Fashion-MNIST's recipe: trim what looks like the corners' colour (5% tolerance), scale the
+    longest side to 28, centre, negate; the background then maps to black, as in the data set."""
+    h0, w0 = gray.shape
+    scale = _work_scale(w0, h0) if max(w0, h0) > WORK_SIDE else 1.0
+    g = _resize(gray, (round(w0 * scale), round(h0 * scale))) if scale != 1 else gray
+    corners = np.array([g[0, 0], g[0, -1], g[-1, 0], g[-1, -1]])
+    bg = float(np.median(corners))
+    diff = _blur3(np.abs(g - bg)) > 0.05
+    rows, cols = np.nonzero(diff.any(1))[0], np.nonzero(diff.any(0))[0]
+    if len(rows) == 0 or max(rows[-1] - rows[0], cols[-1] - cols[0]) < 2:
+        return None, "no object found (everything has the corners' colour)"
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    x = 1.0 - g if bg > 0.5 else g
+    ground = 1.0 - bg if bg > 0.5 else bg
+    x = np.clip((x - ground) / max(1.0 - ground, 1e-6), 0, 1)[top:bottom, left:right]
+    h, w = x.shape
+    s = SIDE / max(h, w)
+    small = np.clip(_resize(x, (max(1, round(w * s)), max(1, round(h * s)))), 0, 1)
+    out = np.zeros((SIDE, SIDE), np.float32)
+    sh, sw = small.shape
+    oy, ox = (SIDE - sh) // 2, (SIDE - sw) // 2
+    out[oy : oy + sh, ox : ox + sw] = small
+    return (out * 255).round().astype(np.uint8), ""
+
+
+def load_gray(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file → its luma, float32 ``(H, W)`` in 0..1 (1 = white), by :func:`decode_image`'s rules
+    (upright, transparent parts on white paper; a big JPEG decoded at 1/2, 1/4 or 1/8 scale, still
+    larger than the recipe's working size) (needs Pillow)."""
+    return decode_image(path, "gray", size=(WORK_SIDE, WORK_SIDE)).astype(np.float32) / np.float32(255.0)
+
+
+def preparation_for(meta: dict) -> str:
+    """Which recipe a model's pictures need, from its metadata (as ``mnistlab predict`` decides):
+    ``digit`` for MNIST-like digit models, ``fashion`` for Fashion-MNIST, ``none`` otherwise."""
+    chw = tuple((meta.get("input") or {}).get("chw") or ())
+    if chw != (1, SIDE, SIDE):
+        return "none"
+    name = str((meta.get("source") or {}).get("dataset") or "").lower()
+    names = [str(c) for c in meta.get("class_names") or []]
+    if "fashion" in name or names == list(FASHION_CLASSES):
+        return "fashion"
+    if (
+        name in ("mnist", "emnist", "kmnist", "qmnist")
+        or "digit" in name
+        or (names and all(c.isdigit() for c in names))
+    ):
+        return "digit"
+    return "none" if names or name else "digit"
+
+
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def prepare_file(
+    path: str | os.PathLike[str], in_shape: Sequence[int], how: str = "digit", invert: bool = False
+) -> np.ndarray:
+    """An image file → the network's uint8 input: ``how`` is ``digit`` or ``fashion`` (the photo
+    recipes, as ``mnistlab predict``) or ``none`` (resized as it is; ``invert`` for a dark digit on white)."""
+    if how == "none":
+        return load_image(path, in_shape, invert)
+    gray = load_gray(path)
+    return prepare_digit(gray) if how == "digit" else prepare_fashion(gray)
+
+
+# -- reading image files: a copy of mnistlab.imaging's rules (tests/test_imaging.py keeps them equal) --
+
+try:
+    from mnistlab.errors import ImageError as _ImageErrorBase
+except ImportError:  # copied alone to a machine without mnistlab
+    _ImageErrorBase = ValueError  # type: ignore[assignment,misc]
+
+
+class ImageFileError(_ImageErrorBase):
+    """An image file that cannot be used: not a regular file, not an image, or too large."""
+
+
+class NoDigitError(ImageFileError):
+    """A picture with nothing to recognise on it (a blank page, a speck)."""
+
+
+MAX_PIXELS = 40_000_000  # refused before decoding: a 100 KB PNG can claim 50,000 x 50,000 pixels
+
+
+def read_image_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file (FIFOs, devices and folders are refused before they are opened)."""
+    where = str(path)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageFileError(f"{where}: no such file") from None
+    except OSError as e:
+        raise ImageFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    _check_file_type(st.st_mode, where)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise ImageFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    try:
+        _check_file_type(os.fstat(fd).st_mode, where)
+        parts = []
+        while chunk := os.read(fd, 1 << 20):
+            parts.append(chunk)
+    except OSError as e:
+        raise ImageFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if not parts:
+        raise ImageFileError(f"{where}: empty file (0 bytes)")
+    return b"".join(parts)
+
+
+def _check_file_type(mode: int, where: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise ImageFileError(f"{where}: is a folder, not an image")
+    what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        raise ImageFileError(f"{where}: not a regular file ({what}); only image files are read")
+    raise ImageFileError(f"{where}: not a regular file (a special file); only image files are read")
+
+
+def decode_image(
+    path: str | os.PathLike[str], color: str = "gray", size: Sequence[int] | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """An image file → uint8 ``(H, W)`` (gray) or ``(H, W, 3)``, upright (EXIF), not resized (needs Pillow).
+
+    Transparency is flattened onto white, palettes and CMYK become RGB, 16-bit values are scaled to
+    0..255, gray is Pillow's ``L`` of that RGB. ``size`` (width, height) lets a big JPEG be decoded at
+    1/2, 1/4 or 1/8 scale, never below it. Pictures over ``max_pixels`` are refused from their header.
+    """
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    where = str(path)
+    data = read_image_file(path)
+    unreadable = "unreadable image ({}; truncated or corrupt?)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            msg = "not an image, or a corrupt one (PNG, JPEG, GIF, BMP, WebP, TIFF are read)"
+            raise ImageFileError(f"{where}: {msg}") from None
+        except Image.DecompressionBombError as e:
+            raise ImageFileError(f"{where}: image too large: {e}") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise ImageFileError(f"{where}: " + unreadable.format(str(e) or type(e).__name__)) from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageFileError(
+            f"{where}: image too large: {w}×{h} pixels ({w * h / 1e6:.1f} megapixels; the limit is "
+            f"{max_pixels / 1e6:.1f}, against decompression bombs)"
+        )
+    if w < 1 or h < 1:
+        raise ImageFileError(f"{where}: image has no pixels ({w}×{h})")
+
+    def orientation(im: Image.Image) -> int:
+        try:
+            o = int(im.getexif().get(0x0112, 1))
+        except Exception:  # a corrupt EXIF block is ignored
+            return 1
+        return o if 1 <= o <= 8 else 1
+
+    try:
+        if size is not None and im.format == "JPEG":
+            turned = orientation(im) in (5, 6, 7, 8)
+            im.draft(im.mode, tuple(size[::-1]) if turned else tuple(size))
+        im.load()
+        if orientation(im) != 1:
+            im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            a = np.asarray(im).astype(np.int64)
+            im = Image.fromarray(((np.clip(a, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8), "L")
+        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        mode = "L" if color == "gray" else "RGB"
+        return np.asarray(im if im.mode == mode else im.convert(mode))
+    except Image.DecompressionBombError as e:
+        raise ImageFileError(f"{where}: image too large: {e}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageFileError(f"{where}: " + unreadable.format(str(e) or type(e).__name__)) from None
+
+
 def load_image(path: str | os.PathLike[str], in_shape: Sequence[int], invert: bool = False) -> np.ndarray:
     """An image file → uint8 ``(H, W)`` (gray) or ``(H, W, 3)``, resized to the network's input (needs Pillow).
 
     MNIST digits are white on black; pass ``invert=True`` for a dark digit on white paper.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     c, h, w = in_shape
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            x = np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-        raise WeightsError(f"{path}: not a readable image ({getattr(e, 'strerror', None) or e})") from None
+    x = decode_image(path, "gray" if c == 1 else "rgb", size=(w, h))
+    if x.shape[:2] != (h, w):
+        x = np.asarray(Image.fromarray(x).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
     return 255 - x if invert else x
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python numpy_infer.py WEIGHTS [IMAGE ...] [--npy FILE] [--invert]``: print the class of each image."""
+    """``python numpy_infer.py WEIGHTS [IMAGE ...] [--npy FILE] [--prepare HOW] [--invert]``: print the
+    class of each image. Options may stand anywhere among the file names."""
     import argparse
 
     p = argparse.ArgumentParser(prog="numpy_infer", description="Run an exported mnistlab network with NumPy only.")
     p.add_argument("weights", help="weights.txt, weights.npz or weights.safetensors")
     p.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...; needs Pillow)")
-    p.add_argument("--npy", help="a .npy file of uint8 images (N, H, W) or (N, H, W, C)")
-    p.add_argument("--invert", action="store_true", help="invert image files (dark digit on white) (default: off)")
-    args = p.parse_args(argv)
+    p.add_argument("--npy", help="a .npy file of uint8 images (N, H, W) or (N, H, W, C), used as they are")
+    p.add_argument("--prepare", choices=PREPARATIONS, default="auto",
+                   help="how image files are prepared: digit (photos and drawings of digits, as mnistlab predict), "
+                        "fashion, none (only resized), auto (from the model's data set) (default: auto)")  # fmt: skip
+    p.add_argument("--invert", action="store_true",
+                   help="with --prepare none: invert image files (a dark digit on white); the digit recipe "
+                        "finds the ink's polarity itself (default: off)")  # fmt: skip
+    args = p.parse_intermixed_args(argv)  # "a.png --invert b.png" as well as "--invert a.png b.png"
     try:
         net = NumpyModel.from_file(args.weights)
-        names, batches = [], []
+        how = preparation_for(net.weights.meta) if args.prepare == "auto" else args.prepare
+        names, batches, failed = [], [], 0
         if args.npy:
             arr = np.load(args.npy, allow_pickle=False)
             names += [f"{args.npy}[{i}]" for i in range(len(arr))]
             batches.append(images_to_array(arr))
         if args.images:
-            names += args.images
-            batches.append(images_to_array(np.stack([load_image(f, net.in_shape, args.invert) for f in args.images])))
-        if not batches:
+            good = []
+            for f in args.images:
+                try:
+                    good.append(prepare_file(f, net.in_shape, how, args.invert))
+                    names.append(f)
+                except ImageFileError as e:  # one picture that cannot be used: say so, go on with the others
+                    print(f"numpy_infer: error: {e if str(e).startswith(f'{f}: ') else f'{f}: {e}'}", file=sys.stderr)
+                    failed += 1
+            if good:
+                batches.append(images_to_array(np.stack(good)))
+        if not args.images and not args.npy:
             p.error("give image files or --npy")
-        probs = net.predict(np.concatenate(batches))
-    except (WeightsError, OSError, ValueError) as e:
+        probs = net.predict(np.concatenate(batches)) if batches else np.zeros((0, 0))
+    except (WeightsError, ImageFileError, OSError, ValueError) as e:
         print(f"numpy_infer: error: {e}", file=sys.stderr)
         return 2
     classes = net.class_names or [str(i) for i in range(probs.shape[1])]
     for name, pr in zip(names, probs, strict=True):
         k = int(pr.argmax())
         print(f"{name}: {classes[k]} ({pr[k]:.4f})")
-    return 0
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

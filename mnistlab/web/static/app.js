@@ -137,6 +137,7 @@
     $("answer").textContent = j.class;
     $("confidence").textContent = `${(100 * j.probability).toFixed(1)}% sure`;
     $("input28").src = j.input;
+    $("seen").hidden = false;
     const bars = $("bars");
     bars.replaceChildren();
     for (const name of j.classes) {
@@ -167,6 +168,12 @@
     $("confidence").textContent = "";
     $("error").textContent = message;
     $("bars").replaceChildren();
+    hideSeen();
+  }
+
+  function hideSeen() {
+    // No picture yet: hide the figure rather than show a broken-image placeholder.
+    $("seen").hidden = true;
     $("input28").removeAttribute("src");
   }
 
@@ -178,7 +185,7 @@
     $("confidence").textContent = "";
     $("error").textContent = "";
     $("bars").replaceChildren();
-    $("input28").removeAttribute("src");
+    hideSeen();
     $("file").value = "";
     setState("idle", "");
   }
@@ -194,6 +201,10 @@
     if (!file) return;
     const form = new FormData();
     form.append("file", file, file.name);
+    // The old drawing or photo goes at once: a picture the browser cannot show leaves a blank canvas,
+    // not the previous picture beside the new answer.
+    blank();
+    hideSeen();
     send(form, {});
     // Show the picture on the canvas too, fitted, so the user can see and correct it.
     const url = URL.createObjectURL(file);
@@ -212,6 +223,39 @@
 
   window.addEventListener("resize", setupCanvas);
   setupCanvas();
+  showSubtitle();
+
+  function hasGlyphs(text) {
+    // Whether some installed font draws every character of text. A character no font has is drawn as the
+    // same "missing glyph" box as a private-use character, so compare each one's pixels with that box's.
+    const c = document.createElement("canvas");
+    c.width = c.height = 40;
+    const g = c.getContext("2d", { willReadFrequently: true });
+    const font = getComputedStyle(document.body).fontFamily;
+    const pixels = (ch) => {
+      g.clearRect(0, 0, 40, 40);
+      g.font = `32px ${font}`;
+      g.textBaseline = "top";
+      g.fillText(ch, 2, 2);
+      return g.getImageData(0, 0, 40, 40).data.join(",");
+    };
+    // A private-use and an unassigned character: no font should draw either (an icon font may have one).
+    const missing = [pixels("\uE000"), pixels("\u0378")];
+    const blankCell = (g.clearRect(0, 0, 40, 40), g.getImageData(0, 0, 40, 40).data.join(","));
+    return [...text.replace(/\s/g, "")].every((ch) => {
+      const p = pixels(ch);
+      return !missing.includes(p) && p !== blankCell;
+    });
+  }
+
+  function showSubtitle() {
+    // 给图识物 in Chinese where a font can draw it; its pinyin (Latin letters, drawn by any font) elsewhere.
+    const zh = hasGlyphs($("zh").textContent);
+    $("zh").hidden = !zh;
+    $("zh-latin").hidden = zh;
+    $("zh-sep").hidden = false;
+    document.documentElement.dataset.cjk = zh ? "yes" : "no";
+  }
 
   fetch("/api/model")
     .then((r) => r.json())
