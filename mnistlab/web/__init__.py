@@ -55,7 +55,7 @@ from mnistlab.predict import Prediction, Predictor
 
 MAX_UPLOAD = 4 * 1024 * 1024
 # Decoded pixels of one picture (a JPEG photo is decoded at 1/2..1/8 scale, so 50 MP photos fit): about
-# about 12 bytes each at the peak of preparing it (measured: +46 MB for a 1990×1990 RGBA PNG).
+# 12 bytes each at the peak of preparing it (measured: +46 MB for a 1990×1990 RGBA PNG).
 MAX_PIXELS = 4_000_000
 QUEUE_PER_DECODER = 8  # pictures that may wait per decoder before the server answers 503
 QUEUE_TIMEOUT = 30.0  # seconds a picture may wait for a decoder
