@@ -494,6 +494,8 @@ def check_setting(f: dataclasses.Field | str, value: Any) -> Any:
     if m.get("convert"):
         try:
             v = m["convert"](v)
+        except ConfigError:
+            raise  # already one line naming the setting (an augment spec's own errors)
         except ValueError as e:
             raise ConfigError(_message(f, str(e), value)) from None
     return v
