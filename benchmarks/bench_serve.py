@@ -10,11 +10,16 @@ issue 19 (commit ``BASELINE``, unpacked from git) is measured in the same run on
 
 Model: the fast preset trained here in seconds, or ``MNISTLAB_BENCH_RUN=RUN`` (e.g. a CNN run).
 
+``--clients N --seconds S`` is the load mode: one run of N clients for S seconds against the server alone
+(no baseline), reporting requests/s, p50/p99 and errors, and the server's peak RSS; it exits 1 on any error.
+
     python -m benchmarks.bench_serve
+    python -m benchmarks.bench_serve --clients 16 --seconds 15
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import os
@@ -64,8 +69,8 @@ def _start(run: Path, code: Path = ROOT) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
 
 
-def _load(fn, seconds: float) -> tuple[int, list[float], int]:
-    """Run ``fn`` in ``CLIENTS`` threads for ``seconds``: (requests done, latencies in s, errors)."""
+def _load(fn, seconds: float, clients: int = CLIENTS) -> tuple[int, list[float], int]:
+    """Run ``fn`` in ``clients`` threads for ``seconds``: (requests done, latencies in s, errors)."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -86,7 +91,7 @@ def _load(fn, seconds: float) -> tuple[int, list[float], int]:
             latencies.extend(mine)
             errors[0] += bad
 
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for th in threads:
         th.start()
     for th in threads:
@@ -113,7 +118,49 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def main() -> None:
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_mode(clients: int, seconds: float) -> int:
+    """One load run of ``clients`` keep-alive clients for ``seconds`` against a real server; 1 on any error."""
+    from mnistlab.config import from_preset
+    from mnistlab.runs import train_run
+
+    body = ('{"image": "data:image/png;base64,' + base64.b64encode(_picture()).decode() + '"}').encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(os.environ.get("MNISTLAB_BENCH_RUN") or Path(tmp) / "mlp")
+        if not os.environ.get("MNISTLAB_BENCH_RUN"):
+            train_run(from_preset("fast"), run, verbose=0)
+        proc, base = _start(run)
+        try:
+            n, lat, bad = _load(_Http(base, body), seconds, clients)
+            peak = _peak_rss_mb(proc.pid)
+            alive = proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    print(
+        f"{clients} clients × {seconds:g} s on loopback, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"  requests        {n} ({n / seconds:.1f}/s)")
+    print(f"  latency p50     {_pct(lat, 0.5) * 1e3:.1f} ms")
+    print(f"  latency p99     {_pct(lat, 0.99) * 1e3:.1f} ms")
+    print(f"  errors          {bad}; server alive after: {alive}; server peak RSS {peak:.0f} MB")
+    return 0 if bad == 0 and alive else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks`` calls this with no arguments (the comparison); the command line may ask for the load mode."""
+    parser = argparse.ArgumentParser(description="the web app under load")
+    parser.add_argument("--clients", type=int, help="load mode: this many clients, one run (default: off)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="load mode: seconds (default: 15)")
+    args = parser.parse_args(argv or [])
+    if args.clients:
+        raise SystemExit(load_mode(args.clients, args.seconds))
     import torch
 
     from mnistlab.config import from_preset
@@ -175,4 +222,4 @@ def _serve(run: Path, code: Path, body: bytes, seconds: float) -> tuple[float, f
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -47,30 +47,34 @@ def new_figure(figsize: tuple[float, float], layout: str | None = "constrained")
     return Figure(figsize=figsize, layout=layout)
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100, force: bool = False) -> Path:
     """Save a figure atomically; the format follows the suffix (PNG when there is none).
 
     >>> save_figure(new_figure((2, 2)), "/tmp/empty.png")
     PosixPath('/tmp/empty.png')
     """
     path = Path(path)
-    fmt = check_output(path)
+    fmt = check_output(path, force=force)
     try:
         with fileio.atomic_open(path, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")
+            # Matplotlib signs PNG, SVG and PDF; a JPEG gets our name as a comment (what check_output looks for).
+            extra = {"pil_kwargs": {"comment": b"mnistlab"}} if fmt in ("jpg", "jpeg") else {}
+            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight", **extra)
     except OSError as e:
         raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
     _release(fig)
     return path
 
 
-def check_output(path: Path) -> str:
-    """The picture format a file name asks for; a clear error for a folder or an unknown suffix."""
+def check_output(path: Path, force: bool = False) -> str:
+    """The picture format a file name asks for; a clear error for a folder or an unknown suffix, and
+    for a file mnistlab did not write (unless ``force``), as ``fileio.check_new_output`` rules."""
     fmt = path.suffix[1:].lower() or "png"
     if fmt not in FORMATS:
         raise ConfigError(f"{path}: cannot write a .{fmt} picture (use .png, .svg, .pdf or .jpg)")
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; give a file name such as {path / 'plot.png'}")
+    fileio.check_new_output(path, (path.suffix.lower(),), force=force)
     return fmt
 
 
@@ -90,8 +94,8 @@ def _release(fig: Figure) -> None:
         plt.close(fig)
 
 
-def _finish(fig: Figure, path: str | os.PathLike[str] | None, dpi: int = 100) -> Figure | Path:
-    return fig if path is None else save_figure(fig, path, dpi)
+def _finish(fig: Figure, path: str | os.PathLike[str] | None, dpi: int = 100, force: bool = False) -> Figure | Path:
+    return fig if path is None else save_figure(fig, path, dpi, force)
 
 
 def show_figures(figs: Sequence[Figure]) -> bool:
@@ -122,6 +126,7 @@ def image_grid(
     cell: float = 1.1,
     title: str | None = None,
     title_colors: Sequence[str] | None = None,
+    force: bool = False,
 ) -> Figure | Path:
     """A grid of images (uint8 or 0..1 floats, gray ``(N, H, W)`` or RGB ``(N, H, W, 3)``) with titles.
 
@@ -155,7 +160,7 @@ def image_grid(
             ax.set_title(str(titles[i]), fontsize=8, color=color)
     if title:
         fig.suptitle(title, y=1 - 0.06 / height, va="top")
-    return _finish(fig, path)
+    return _finish(fig, path, force=force)
 
 
 # -- training curves ------------------------------------------------------------------------------
@@ -398,6 +403,7 @@ def plot_run(
     which: str = "best",
     show: bool = False,
     dpi: int = 100,
+    force: bool = False,
 ) -> tuple[list[Path], bool]:
     """Draw the asked figures of a run and save each; return the paths and whether windows were shown.
 
@@ -421,7 +427,7 @@ def plot_run(
     # Check everything before writing anything, so bad input leaves no half set of files.
     outputs = [Path(output if output is not None else DEFAULT_NAMES[kind]) for kind in kinds]
     for path in outputs:
-        check_output(path)
+        check_output(path, force=force)
     load_history(run)  # a folder that is not a run, or has no finished epoch, fails before any plotting
     preds = predict_run(run, which) if kinds != ["curves"] else None
     figs = []
@@ -434,7 +440,7 @@ def plot_run(
             figs.append(plot_mistakes(preds, n=mistakes))
         else:
             figs.append(plot_per_class(preds))
-    paths = [save_figure(fig, path, dpi) for fig, path in zip(figs, outputs, strict=True)]
+    paths = [save_figure(fig, path, dpi, force) for fig, path in zip(figs, outputs, strict=True)]
     return paths, (show_figures(figs) if show else False)
 
 
@@ -447,6 +453,7 @@ def preview_augment(
     versions: int = 5,
     seed: int = 0,
     split: str = "train",
+    force: bool = False,
 ) -> Path:
     """Save a PNG grid: one row per image, the original then ``versions`` augmented copies.
 
@@ -458,6 +465,7 @@ def preview_augment(
         raise ConfigError(f"count must be ≥ 1, got {count}")
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    check_output(Path(path), force=force)
     ds = load(dataset)
     x, y = (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
     idx = np.sort(np.random.default_rng(seed).choice(len(x), min(count, len(x)), replace=False))
@@ -466,5 +474,10 @@ def preview_augment(
     for i in idx:
         titles += [f"{ds.class_names[int(y[i])]}"] + [""] * versions
     return image_grid(
-        grid, titles, path, cols=versions + 1, title=f"{ds.name}: original, then {versions} augmented ({aug})"
+        grid,
+        titles,
+        path,
+        cols=versions + 1,
+        title=f"{ds.name}: original, then {versions} augmented ({aug})",
+        force=force,
     )

@@ -86,9 +86,9 @@ class Prediction:
     def line(self) -> str:
         """One line for people: ``photo.jpg: 7 (99.1%)  top 3: 7 99.1%, 1 0.5%, 9 0.2%``."""
         if not self.ok:
-            return f"{self.source}: error: {self.error}"
+            return f"{printable(self.source)}: error: {printable(self.error)}"
         top = ", ".join(f"{n} {p:.1%}" for n, p in self.top(3))
-        return f"{self.source}: {self.name} ({self.probability:.1%})  top 3: {top}"
+        return f"{printable(self.source)}: {self.name} ({self.probability:.1%})  top 3: {top}"
 
 
 class Predictor:
@@ -255,13 +255,48 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
+def printable(text: object) -> str:
+    """``text`` with control characters escaped, so a file name holding a newline stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def save_inputs(predictions: Sequence[Prediction], folder: str | os.PathLike[str]) -> list[Path]:
     """Write each prediction's 28×28 input as ``<folder>/<picture name>.png`` (atomically); names
-    that repeat (same file name in two folders) get ``-2``, ``-3``…"""
+    that repeat (same file name in two folders) get ``-2``, ``-3``…
+
+    Refuses (``ImageError``, before writing anything) a folder holding the input pictures, and any
+    file there that mnistlab did not write: a user's pictures are never overwritten.
+    """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ImageError(f"{folder}: exists and is not a folder")
+        raise ImageError(f"--save-input {folder}: exists and is not a folder")
+    if folder.is_dir():
+        here = folder.resolve()
+        for pred in predictions:
+            if pred.source and Path(pred.source).parent.resolve() == here and Path(pred.source).is_file():
+                raise ImageError(
+                    f"--save-input {folder}: holds the input pictures ({printable(Path(pred.source).name)}); "
+                    "choose another folder"
+                )
+    targets = _input_names(predictions, folder)
+    for path in targets.values():
+        if path.exists() and not fileio.made_by_toolkit(path):
+            raise ImageError(f"--save-input {folder}: {printable(path.name)} exists and was not written by mnistlab")
     written: list[Path] = []
+    try:
+        for i, path in targets.items():
+            prepared = predictions[i].prepared
+            assert prepared is not None
+            fileio.write_bytes(path, fileio.mark_png(prepared.to_png()))
+            written.append(path)
+    except OSError as e:
+        raise ImageError(f"--save-input {folder}: cannot write ({e.strerror or e})") from None
+    return written
+
+
+def _input_names(predictions: Sequence[Prediction], folder: Path) -> dict[int, Path]:
+    """Where each prepared input goes: ``<folder>/<picture name>.png``, repeats numbered."""
+    out: dict[int, Path] = {}
     used: set[str] = set()
     for i, pred in enumerate(predictions):
         if pred.prepared is None:
@@ -272,10 +307,8 @@ def save_inputs(predictions: Sequence[Prediction], folder: str | os.PathLike[str
             n += 1
             name = f"{stem}-{n}"
         used.add(name)
-        path = folder / f"{name}.png"
-        fileio.write_bytes(path, pred.prepared.to_png())
-        written.append(path)
-    return written
+        out[i] = folder / f"{name}.png"
+    return out
 
 
 def predict_images(

@@ -48,12 +48,18 @@ NAMES = {
 
 
 def write_report(
-    run: str | os.PathLike[str], path: str | os.PathLike[str], *, which: str = "best", mistakes: int = 24
+    run: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    which: str = "best",
+    mistakes: int = 24,
+    force: bool = False,
 ) -> Path:
-    """Write the report of a run folder (or checkpoint file) as one HTML file; return its path."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder; give a file name such as {path / 'report.html'}")
+    """Write the report of a run folder (or checkpoint file) as one HTML file; return its path.
+
+    Never replaces a file mnistlab did not write (a checkpoint, a page of yours) unless ``force``.
+    """
+    path = fileio.check_new_output(path, (".html", ".htm"), force=force)
     page = render_report(run, which=which, mistakes=mistakes)
     try:
         fileio.write_text(path, page)

@@ -185,6 +185,36 @@ def test_server_survives_bad_input_and_concurrent_clients(client, server) -> Non
     assert "Traceback" not in server[2].read_text()
 
 
+def test_sixteen_clients_under_load_get_no_errors(server) -> None:
+    """A short version of ``python -m benchmarks.bench_serve --clients 16 --seconds 15``: 16 keep-alive
+    clients posting what the page sends, for 3 s; every answer is a 200 with the right digit."""
+    import threading
+
+    body = {"image": data_url(png(draw_digit(5, size=280, width=18).convert("RGBA")))}
+    stop = time.monotonic() + 3
+    results: list[tuple[int, float]] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        mine = []
+        with httpx.Client(base_url=server[0], timeout=120) as c:
+            while not mine or time.monotonic() < stop:  # at least one request each, however loaded the machine
+                t = time.perf_counter()
+                r = c.post("/api/predict", json=body)
+                ok = r.status_code == 200 and r.json()["class"] == "5"
+                mine.append((int(ok), time.perf_counter() - t))
+        with lock:
+            results.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(results) >= 16 and all(ok for ok, _ in results), sum(1 - ok for ok, _ in results)
+    assert server[1].poll() is None
+
+
 # -- a real browser ---------------------------------------------------------------------------------
 
 
@@ -311,6 +341,21 @@ def test_serve_cli_refuses_bad_arguments(tmp_path, server, mlp_run) -> None:
     )
     r = run_cli("serve", str(mlp_run), "--port", "70000")
     assert r.returncode == 2 and "port must lie in 0..65535" in r.stderr
+
+
+def test_host_check_rules() -> None:
+    """What the Host header may say: localhost names, the bound address, --allow-host names; with a
+    wildcard bind also any IP address (a rebinding page always sends its own domain name)."""
+    from mnistlab.web import _allowed_hosts, _host_allowed
+
+    local = _allowed_hosts("127.0.0.1", ["Digits.Example"])
+    for ok in ("127.0.0.1:8000", "localhost", "LOCALHOST:80", "[::1]:8000", "a.localhost", "digits.example:8000"):
+        assert _host_allowed(ok, local), ok
+    for bad in ("evil.example", "127.0.0.1.evil.example", "10.0.0.5:8000", "", "localhost.evil.example", "[::2]"):
+        assert not _host_allowed(bad, local), bad
+    wild = _allowed_hosts("0.0.0.0", [])
+    assert _host_allowed("192.168.1.20:8000", wild) and _host_allowed("[fe80::1]:8000", wild)
+    assert not _host_allowed("evil.example", wild)
 
 
 def _viewport(driver, width: int, height: int) -> None:

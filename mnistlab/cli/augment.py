@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--versions", type=int, default=6, help="augmented versions per image (default: 6)")
     q.add_argument("--seed", type=int, default=0, help="picks the images and the augmentations (default: 0)")
     q.add_argument("-o", "--output", default="preview.png", help="PNG file to write (default: preview.png)")
+    q.add_argument("--force", action="store_true", help="replace -o even if mnistlab did not write it (default: off)")
     q.set_defaults(func=cmd_preview)
 
 
@@ -42,6 +43,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         versions=args.versions,
         seed=args.seed,
         split=args.split,
+        force=args.force,
     )
     print(f"wrote {path} ({args.count} images x {args.versions} augmented versions)")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from mnistlab.datasets import download as dl
 from mnistlab.datasets.build import DEFAULT_MAX_PIXELS, FITS, build_dataset
 from mnistlab.datasets.store import data_home
 from mnistlab.errors import DatasetError
+
+# A grid of more images is unreadable, and drawing each as a subplot takes seconds per hundred.
+MAX_GRID = 400
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,9 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = dsub.add_parser("grid", help="save a labelled grid of sample images as PNG")
     q.add_argument("name", help="data set name or path")
     q.add_argument("-o", "--output", default="grid.png", help="PNG file to write (default: grid.png)")
-    q.add_argument("--count", type=int, default=40, help="number of images (default: 40)")
+    q.add_argument("--count", type=int, default=40, help=f"number of images, at most {MAX_GRID} (default: 40)")
     q.add_argument("--split", choices=("train", "test"), default="train", help="split (default: train)")
     q.add_argument("--seed", type=int, default=None, help="pick random images with this seed (default: the first ones)")
+    q.add_argument("--force", action="store_true", help="replace -o even if mnistlab did not write it (default: off)")
     q.set_defaults(func=cmd_grid)
 
 
@@ -168,9 +173,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
+    if not 1 <= args.count <= MAX_GRID:
+        raise DatasetError(f"--count must lie in 1..{MAX_GRID}, got {args.count}")
+    from mnistlab.plots import check_output
+
+    check_output(Path(args.output), force=args.force)
     x, y, names = _split(args.name, args.split)
-    if args.count < 1:
-        raise DatasetError(f"--count must be ≥ 1, got {args.count}")
     count = min(args.count, len(x))
     if args.seed is None:
         idx = np.arange(count)
@@ -179,6 +187,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
     titles = [f"#{i}: {names[int(y[i])]}" for i in idx]
     from mnistlab.plots import image_grid
 
-    path = image_grid(np.asarray(x[idx]), titles, args.output, title=f"{args.name} ({args.split})")
+    path = image_grid(np.asarray(x[idx]), titles, args.output, title=f"{args.name} ({args.split})", force=args.force)
     print(f"wrote {path} ({count} images)")
     return 0

@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint to export (default: best)")
     p.add_argument("--check-images", type=int, default=1000, help="test images for the parity check (default: 1000)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check (default: check)")
+    p.add_argument("--force", action="store_true", help="replace -o even if mnistlab did not write it (default: off)")
     p.set_defaults(func=run)
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     path = export_run(
         args.run, args.format, args.output, args.layout, which=args.which,
-        check=not args.no_check, check_images=args.check_images,
+        check=not args.no_check, check_images=args.check_images, force=args.force,
     )  # fmt: skip
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint that predicts (default: best)")
     p.add_argument("--dpi", type=int, default=100, help="resolution of raster files (default: 100)")
     p.add_argument("--show", action="store_true", help="also open windows when a display exists (default: off)")
+    p.add_argument("--force", action="store_true", help="replace -o even if mnistlab did not write it (default: off)")
     p.set_defaults(func=run)
 
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     others = args.confusion or args.mistakes or args.per_class
     paths, shown = plot_run(
         args.run, curves=args.curves or not others, confusion=args.confusion, mistakes=args.mistakes,
-        per_class=args.per_class, output=args.output, which=args.which, show=args.show, dpi=args.dpi,
+        per_class=args.per_class, output=args.output, which=args.which, show=args.show, dpi=args.dpi, force=args.force,
     )  # fmt: skip
     for path in paths:
         print(f"wrote {path}")

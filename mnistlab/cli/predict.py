@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab.predict import Predictor, interactive, predict_images
+    from mnistlab.predict import Predictor, interactive, predict_images, printable
 
     if not args.images and not args.interactive:
         raise ConfigError("give IMAGE paths or folders, or --interactive")
@@ -51,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
         if p.ok and not args.json:
             print(p.line())
         elif not p.ok:
-            print(f"mnistlab: error: {p.source}: {p.error}", file=sys.stderr)
+            print(f"mnistlab: error: {printable(p.source)}: {printable(p.error)}", file=sys.stderr)
     return 0 if all(p.ok for p in predictions) else 2

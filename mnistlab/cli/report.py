@@ -11,12 +11,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint that predicts (default: best)")
     p.add_argument("--mistakes", type=int, default=24, metavar="N", help="most confident mistakes shown (default: 24)")
+    p.add_argument("--force", action="store_true", help="replace -o even if mnistlab did not write it (default: off)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mnistlab.report import write_report
 
-    path = write_report(args.run, args.output, which=args.which, mistakes=args.mistakes)
+    path = write_report(args.run, args.output, which=args.which, mistakes=args.mistakes, force=args.force)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB); open it in a browser")
     return 0

@@ -19,18 +19,57 @@ from mnistlab.errors import DatasetError
 UBYTE = 0x08
 
 
-def read_bytes(path: Path) -> bytes:
-    """The uncompressed content of an IDX file, gzipped (``.gz``) or not."""
+# Nothing we read as IDX may claim more than this (a 60000-image 28×28 set is 47 MB): a header that
+# says more is refused before its items are inflated (a 1 MB gzip can expand to gigabytes).
+MAX_BYTES = 1 << 30
+
+
+def expected_length(head: bytes, where: str) -> int | None:
+    """The total length an IDX file's header promises, or None when ``head`` is too short to tell."""
+    if len(head) < 4:
+        return None
+    nd = head[3]
+    if len(head) < 4 + 4 * nd:
+        return None
+    dims = struct.unpack(f">{nd}I", head[4 : 4 + 4 * nd])
+    return 4 + 4 * nd + int(np.prod(dims, dtype=np.float64))
+
+
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The uncompressed content of an IDX file, gzipped (``.gz``) or not, inflated as a stream.
+
+    Reading stops as soon as the content passes what its own header promises, ``limit``, or
+    ``MAX_BYTES``: a gzip bomb costs at most that much memory, never its inflated size.
+    """
+    cap = min(limit or MAX_BYTES, MAX_BYTES)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            return _read_capped(f, str(path), cap)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DatasetError(f"{path}: corrupt or truncated gzip ({e})") from None
     except OSError as e:
-        raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DatasetError(f"{path}: corrupt or truncated gzip ({e})") from None
-    return raw
+        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _read_capped(f, where: str, cap: int) -> bytes:
+    head = f.read(64)  # a magic and up to 15 dimensions
+    if head[:3] != bytes([0, 0, UBYTE]):
+        return head  # not unsigned-byte IDX: parse() names the wrong magic number
+    want = expected_length(head, where)
+    if want is not None and want > cap:
+        raise DatasetError(
+            f"{where}: its header promises {want:,.0f} bytes, more than the {cap:,} allowed here (corrupt, or not this data set)"
+        )
+    # One byte past the promise shows a file longer than its header; parse() reports the mismatch.
+    budget = (want if want is not None else len(head)) + 1 - len(head)
+    chunks = [head]
+    while budget > 0 and (chunk := f.read(min(budget, 1 << 20))):
+        chunks.append(chunk)
+        budget -= len(chunk)
+    return b"".join(chunks)
 
 
 def parse(data: bytes, where: str, ndim: int) -> np.ndarray:

@@ -163,6 +163,7 @@ def export_run(
     check: bool = True,
     check_images: int = 1000,
     verbose: int = 1,
+    force: bool = False,
 ) -> Path:
     """Export a run's checkpoint as ``txt``, ``npz``, ``safetensors`` or ``onnx``; return the written path.
 
@@ -189,7 +190,7 @@ def export_run(
     loaded = folder.load(which)
     graph = describe(loaded.model, loaded.in_shape, layout)
     meta = build_meta(loaded, graph)
-    path = _output_path(run, loaded, format, layout, output)
+    path = _output_path(run, loaded, format, layout, output, force)
     if format == "txt":
         data: bytes | str = format_weights_txt(graph, meta)
     elif format == "npz":
@@ -221,7 +222,12 @@ def export_run(
 
 
 def _output_path(
-    run: str | os.PathLike[str], loaded: LoadedModel, format: str, layout: str, output: str | os.PathLike[str] | None
+    run: str | os.PathLike[str],
+    loaded: LoadedModel,
+    format: str,
+    layout: str,
+    output: str | os.PathLike[str] | None,
+    force: bool = False,
 ) -> Path:
     name = default_name(format, layout)
     if output is None:
@@ -229,20 +235,9 @@ def _output_path(
         return folder / name
     out = Path(output)
     out = out / name if out.is_dir() else out
-    if out.is_file() and (out.name in RUN_FILES or _is_checkpoint(out)):
+    if out.is_file() and (out.name in RUN_FILES or fileio.is_checkpoint(out)):
         raise ExportError(f"{out}: refusing to overwrite a run's own file with an export; choose another -o")
-    return out
-
-
-def _is_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a mnistlab checkpoint, judged from its safetensors header alone."""
-    try:
-        with path.open("rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            head = f.read(min(n, 1 << 24)) if 0 < n < 1 << 30 else b""
-    except OSError:
-        return False
-    return b"mnistlab-checkpoint" in head
+    return fileio.check_new_output(out, (Path(name).suffix,), force=force)
 
 
 __all__ = ["FORMATS", "PROB_TOLERANCE", "Parity", "build_meta", "default_name", "export_run", "torch_probabilities"]

@@ -11,8 +11,17 @@ API:
 - ``GET /healthz``.
 
 Bad input gets a JSON ``{"error": "..."}`` with a 4xx status: 400 (not an image, malformed JSON, bad
-data URL), 413 (upload larger than ``max_upload`` bytes), 415 (unsupported content type), 422 (nothing
-to recognise, e.g. an empty canvas). Server faults answer 500 with no traceback (it goes to the log).
+data URL, a picture over ``max_pixels``, a ``Host`` header not allowed), 408 (a body that takes longer
+than ``BODY_TIMEOUT`` to arrive), 413 (upload larger than ``max_upload`` bytes), 415 (unsupported content
+type), 422 (nothing to recognise, e.g. an empty canvas); 503 when more than ``QUEUE_PER_DECODER`` pictures
+per decoder wait. Server faults answer 500 with no traceback (it goes to the log). No answer names a path
+on the server.
+
+Memory is bounded by design: a picture's size is read from its header and refused above ``max_pixels``
+(decoded pixels: JPEG decodes reduced), and at most ``max_decodes`` pictures (default: one per core)
+are decoded and predicted at once, so the peak is about ``max_decodes`` × 12 bytes × ``max_pixels``
+over the model. The ``Host`` header must name this server (localhost names, the bound address, or an
+``allow_hosts`` name), so a web page cannot reach it through DNS rebinding.
 
 >>> app = create_app("runs/main")                 # doctest: +SKIP
 >>> serve("runs/main", port=8000)                  # doctest: +SKIP
@@ -22,16 +31,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
+import ipaddress
 import json
 import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,10 +54,28 @@ from mnistlab.errors import ConfigError, EmptyImageError, ImageError
 from mnistlab.predict import Prediction, Predictor
 
 MAX_UPLOAD = 4 * 1024 * 1024
+# Decoded pixels of one picture (a JPEG photo is decoded at 1/2..1/8 scale, so 50 MP photos fit): about
+# 12 bytes each at the peak of preparing it (measured: +46 MB for a 1990×1990 RGBA PNG).
+MAX_PIXELS = 4_000_000
+QUEUE_PER_DECODER = 8  # pictures that may wait per decoder before the server answers 503
+QUEUE_TIMEOUT = 30.0  # seconds a picture may wait for a decoder
+BODY_TIMEOUT = 30.0  # seconds a request body may take to arrive (a 1 byte/s client is cut off)
+KEEP_ALIVE = 5  # seconds an idle keep-alive connection is kept
+MAX_CONNECTIONS = 200  # uvicorn answers 503 beyond this many open connections
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}  # fmt: skip
 # The page may only talk to this server: a stray CDN link would fail here, not silently phone out.
-CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'"
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+    "Referrer-Policy": "no-referrer",
+}
 log = logging.getLogger("mnistlab.web")
 
 
@@ -67,10 +99,32 @@ def create_app(
     kind: str | None = None,
     thicken: bool | None = None,
     max_upload: int = MAX_UPLOAD,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_decodes: int | None = None,
+    allow_hosts: Iterable[str] = (),
+    host: str = "127.0.0.1",
+    body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
-    """A FastAPI app serving the page and the JSON API for the model in ``run``."""
+    """A FastAPI app serving the page and the JSON API for the model in ``run``.
+
+    ``max_decodes`` (default: the CPU cores this process may use) bounds the pictures decoded and
+    predicted at once; ``allow_hosts`` adds names to what the ``Host`` header may say besides the
+    localhost names and ``host``, the address the server binds.
+    """
     if max_upload < 1:
         raise ConfigError(f"max_upload must be ≥ 1 byte, got {max_upload}")
+    if max_pixels < 1:
+        raise ConfigError(f"max_pixels must be ≥ 1, got {max_pixels}")
+    if not 0 < body_timeout < float("inf"):
+        raise ConfigError(f"body_timeout must be a positive number of seconds, got {body_timeout}")
+    decoders = max_decodes if max_decodes is not None else len(os.sched_getaffinity(0))
+    if decoders < 1:
+        raise ConfigError(f"max_decodes must be ≥ 1, got {decoders}")
+    allowed = _allowed_hosts(host, allow_hosts)
+    limiter = anyio.CapacityLimiter(decoders)  # the gate a picture waits at (with a timeout)
+    threads = anyio.CapacityLimiter(decoders)  # the threads the pictures through the gate run on
+    waiting = 0
 
     predictor = Predictor(run, which=which, kind=kind, thicken=thicken)
     files = _static_files()
@@ -100,9 +154,12 @@ def create_app(
 
     @app.middleware("http")
     async def _headers(req: Request, call_next: Any) -> Any:
-        response = await call_next(req)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
+        if not _host_allowed(req.headers.get("host", ""), allowed):
+            # DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends its own Host.
+            response = error(400, "Host header not allowed (start the server with --allow-host NAME to add one)")
+        else:
+            response = await call_next(req)
+        response.headers.update(SECURITY_HEADERS)
         return response
 
     @app.api_route("/", methods=["GET", "HEAD"])
@@ -119,20 +176,39 @@ def create_app(
     async def healthz() -> dict:
         return {"status": "ok"}
 
+    info = predictor.info()
+    # The page shows which checkpoint answers, not where it lies on the server's disk.
+    info["checkpoint"] = Path(info.get("checkpoint") or "").name
+
     @app.get("/api/model")
     async def model() -> dict:
-        return predictor.info()
+        return info
 
     @app.post("/api/predict")
     async def predict(request: Request) -> JSONResponse:
+        nonlocal waiting
         t0 = time.perf_counter()
-        data, name = await _read_picture(request, max_upload)
+        data, name = await _read_picture(request, max_upload, body_timeout)
+        _check_pixels(data, name, max_pixels)
+        if waiting >= decoders * QUEUE_PER_DECODER:
+            raise ApiError(503, f"server busy: {waiting} pictures are waiting; try again in a moment")
+        waiting += 1
         try:
-            pred = await run_in_threadpool(predictor.predict_one, data, name)
+            with anyio.fail_after(QUEUE_TIMEOUT):
+                await limiter.acquire()
+        except TimeoutError:
+            raise ApiError(503, "server busy: no decoder came free in time; try again in a moment") from None
+        finally:
+            waiting -= 1
+        try:
+            # limiter=: the picture runs on one of our ``decoders`` threads, not anyio's pool of 40.
+            pred = await anyio.to_thread.run_sync(predictor.predict_one, data, name, limiter=threads)
         except EmptyImageError as e:
             raise ApiError(422, str(e)) from None
         except ImageError as e:
             raise ApiError(400, str(e)) from None
+        finally:
+            limiter.release()
         # A JSONResponse as it is: FastAPI would otherwise walk the 28×28 pixel lists value by value
         # (jsonable_encoder), which cost more than preparing the picture.
         return JSONResponse(_answer(pred, predictor.kind, time.perf_counter() - t0))
@@ -154,8 +230,59 @@ def _answer(pred: Prediction, kind: str, seconds: float) -> dict:
     return d
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (413) before or while it arrives."""
+def _allowed_hosts(host: str, extra: Iterable[str]) -> set[str]:
+    names = {*LOCAL_NAMES, host.strip("[]").lower(), *(h.strip().strip("[]").lower() for h in extra if h.strip())}
+    if host in ("0.0.0.0", "::", ""):  # every interface: this machine's own names too
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return names
+
+
+def _host_allowed(header: str, allowed: set[str]) -> bool:
+    """Whether a ``Host`` header names this server: an allowed name, ``*.localhost``, or, when the server
+    listens on every interface, any IP address (a rebinding page always sends its own domain name)."""
+    name = header.strip().lower()
+    if name.startswith("["):  # [::1]:8000
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if not name:
+        return False
+    if name in allowed or name.endswith(".localhost"):
+        return True
+    if "0.0.0.0" in allowed or "::" in allowed:
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
+def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
+    """Refuse a picture larger than ``max_pixels`` from its header alone, before any pixel is decoded."""
+    from PIL import Image
+
+    from mnistlab.preprocess import WORK_SIDE
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            full = im.size
+            if im.format == "JPEG":
+                im.draft(im.mode, (WORK_SIDE, WORK_SIDE))  # as preprocess decodes it: reduced
+            w, h = im.size
+    except Exception:  # not an image, or a header PIL refuses: the decoder says why, in one line
+        return
+    if w * h > max_pixels:
+        raise ApiError(
+            400,
+            f"{name}: image too large to decode here ({full[0]}×{full[1]} pixels; this server takes up to "
+            f"{max_pixels / 1e6:g} megapixels; make it smaller)",
+        )
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) before or while it arrives, and a body
+    slower than ``timeout`` seconds in all (408)."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
@@ -163,18 +290,22 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(length) > limit:
             raise ApiError(413, f"upload too large: {int(length):,} bytes (the limit is {limit:,})")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"upload too large: more than {limit:,} bytes")
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"upload too large: more than {limit:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"request body too slow: not complete after {timeout:g} s") from None
     return b"".join(chunks)
 
 
-async def _read_picture(request: Request, limit: int) -> tuple[bytes, str]:
+async def _read_picture(request: Request, limit: int, timeout: float) -> tuple[bytes, str]:
     """The picture's bytes and a name for messages, from any of the accepted request shapes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await _read_body(request, limit)
+    body = await _read_body(request, limit, timeout)
     if not body:
         raise ApiError(400, "empty request: send a picture (multipart field 'file', a data URL, or image bytes)")
     if ctype == "multipart/form-data":
@@ -206,6 +337,8 @@ async def _read_picture(request: Request, limit: int) -> tuple[bytes, str]:
             obj = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise ApiError(400, "malformed JSON: nested too deeply") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
             raise ApiError(400, 'JSON body must be an object {"image": "data:image/png;base64,..."}')
         return _data_url(obj["image"]), "image"
@@ -258,6 +391,10 @@ def serve(
     max_upload: int = MAX_UPLOAD,
     access_log: bool = True,
     threads: int = 1,
+    max_pixels: int = MAX_PIXELS,
+    max_decodes: int | None = None,
+    allow_hosts: Iterable[str] = (),
+    body_timeout: float = BODY_TIMEOUT,
 ) -> None:
     """Serve the page and API with uvicorn until interrupted (localhost only unless ``host`` says so).
 
@@ -275,6 +412,12 @@ def serve(
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)  # the photo recipe's filters: as small as torch's work per picture
-    app = create_app(run, which=which, kind=kind, thicken=thicken, max_upload=max_upload)
+    app = create_app(
+        run, which=which, kind=kind, thicken=thicken, max_upload=max_upload, max_pixels=max_pixels,
+        max_decodes=max_decodes, allow_hosts=allow_hosts, host=host, body_timeout=body_timeout,
+    )  # fmt: skip
     print(f"mnistlab: serving {app.state.predictor.loaded.path} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info" if access_log else "warning")
+    uvicorn.run(
+        app, host=host, port=port, access_log=access_log, log_level="info" if access_log else "warning",
+        timeout_keep_alive=KEEP_ALIVE, limit_concurrency=MAX_CONNECTIONS,
+    )  # fmt: skip
