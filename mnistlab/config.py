@@ -556,14 +556,15 @@ PRESETS: dict[str, dict] = {
     # It keeps the lesson's validation on the test set (val_split=0).
     "lesson": dict(model="mlp", epochs=5, batch_size=32, optimizer="adam", lr=1e-3, schedule="constant", val_split=0),
     # Same MLP; standardised input, larger batch, a one-cycle schedule and label smoothing reach ≥ 97.8%
-    # in 3 epochs (measured here: 98.00% median of seeds 0-2, 97.98% of seeds 3-5).
+    # in 3 epochs on the 55,000 images left after the validation split (seeds 0-2: 97.94%, 97.94%, 97.97%;
+    # batch 384 at 1.5e-2, tuned before the split, gave 97.88/97.75/97.82%, and bf16 97.76/97.73/97.94%).
     "fast": dict(
         model="mlp",
         normalize=True,
         epochs=3,
-        batch_size=384,
+        batch_size=256,
         optimizer="adam",
-        lr=1.5e-2,
+        lr=1e-2,
         schedule="onecycle",
         label_smoothing=0.1,
         val_split=5000,  # the best checkpoint is chosen on 5,000 held-out training images, never the test set

@@ -245,7 +245,7 @@ def test_training_with_augmentation_resumes_exactly(tmp_path):
 
 def test_cli_train_with_augment_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
-    # Heavy augmentation on 3,000 images: the preset's batch of 384 would give only 8 steps an epoch, so
+    # Heavy augmentation on 3,000 images: the preset's batch of 256 would give only 12 steps an epoch, so
     # 3 epochs at batch 100 (90 steps) show it learns well past chance (69% here).
     r = run_cli("train", "--preset", "fast", "--epochs", "3", "--limit-train", "3000", "--limit-test", "1000", "--out", str(run), "--quiet",
                 "--batch-size", "100", "--lr", "3e-3", "--augment", "rotation=45,shift=0.15,zoom=0.5,shear=0,flip=none")  # fmt: skip
