@@ -167,11 +167,11 @@ class RunFolder:
             config = dataclasses.replace(config, limit_train=0, limit_test=0)
         return load_for(config, progress=False, download=download)
 
-    def test_images(self, which: str = "best", n: int | None = None) -> tuple[Any, str] | str:
-        """The first ``n`` test images of the run's data set (whatever its ``limit_test``) and its name, or why
-        they cannot be had here (never downloads)."""
+    def test_images(self, which: str = "best", n: int | None = None, name: str | None = None) -> tuple[Any, str] | str:
+        """The first ``n`` test images of the run's data set (or ``name``; whatever its ``limit_test``) and its
+        name, or why they cannot be had here (never downloads)."""
         try:
-            ds = self.dataset(which, download=False, limit=False)
+            ds = self.dataset(which, name=name, download=False, limit=False)
         except (MnistlabError, OSError) as e:
             return str(e)
         return ds.x_test[:n], ds.name

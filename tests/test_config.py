@@ -53,7 +53,7 @@ def test_callback_fields_are_checked() -> None:
 
 def test_trainer_kwargs_carry_the_optimisation_settings() -> None:
     kw = from_preset("best", seed=3).trainer_kwargs()
-    assert kw["seed"] == 3 and kw["precision"] == "bf16" and kw["channels_last"] is True
+    assert kw["seed"] == 3 and kw["precision"] == "auto" and kw["channels_last"] is True
     assert kw["augment_spec"] == "rotation=10,shift=0.1,zoom=0.1" and kw["schedule"] == "onecycle"
 
 

@@ -122,9 +122,11 @@ def torch_probabilities(model: torch.nn.Module, x: np.ndarray, batch_size: int =
     return torch.cat(out).numpy()
 
 
-def _test_images(run: RunFolder, loaded: LoadedModel, which: str, n: int) -> tuple[np.ndarray, str] | str:
-    """The first ``n`` test images of the run's data set, or why they cannot be had."""
-    got = run.test_images(which, n)
+def _test_images(
+    run: RunFolder, loaded: LoadedModel, which: str, n: int, dataset: str | None = None
+) -> tuple[np.ndarray, str] | str:
+    """The first ``n`` test images of the run's data set (or ``dataset``), or why they cannot be had."""
+    got = run.test_images(which, n, name=dataset)
     if isinstance(got, str):
         return got
     x, name = got
@@ -133,9 +135,11 @@ def _test_images(run: RunFolder, loaded: LoadedModel, which: str, n: int) -> tup
     return x, name
 
 
-def _check(format: str, data: bytes | str, run: RunFolder, which: str, n: int) -> Parity | str:
+def _check(
+    format: str, data: bytes | str, run: RunFolder, which: str, n: int, dataset: str | None = None
+) -> Parity | str:
     loaded = run.load(which)
-    got = _test_images(run, loaded, which, n)
+    got = _test_images(run, loaded, which, n, dataset)
     if isinstance(got, str):
         return got
     x, dataset = got
@@ -164,6 +168,7 @@ def export_run(
     check_images: int = 1000,
     verbose: int = 1,
     force: bool = False,
+    dataset: str | None = None,
 ) -> Path:
     """Export a run's checkpoint as ``txt``, ``npz``, ``safetensors`` or ``onnx``; return the written path.
 
@@ -172,6 +177,7 @@ def export_run(
     by its consumer (NumPy or onnxruntime) on ``check_images`` test images of the run's data set and
     compared with PyTorch; the result is printed when ``verbose``, and a mismatch raises ``ExportError``
     without writing anything. If the data set is not on this machine the check is skipped, and says so.
+    ``dataset`` names the data set to check on when the run does not (a ``Trainer`` used without a run config).
 
     >>> export_run("runs/mnist-mlp", "onnx")                                  # doctest: +SKIP
     PosixPath('runs/mnist-mlp/model.onnx')
@@ -202,7 +208,7 @@ def export_run(
 
         data = onnx_bytes(loaded.model, loaded.in_shape, meta)
     if check:
-        result = _check(format, data, folder, which, check_images)
+        result = _check(format, data, folder, which, check_images, dataset)
         if isinstance(result, str):
             if verbose:
                 print(f"parity check skipped: {result}")
