@@ -78,7 +78,7 @@ def train_run(
         meta = ckpt.read_meta(out / ckpt.LAST)
         if meta.get("imported"):  # made by import-keras: weights without a training state
             raise CheckpointError(f"{out}: an imported model, not a training run; train from it with --init-from {out}")
-        done = ckpt.CheckpointMeta.from_dict(meta)
+        done = ckpt.CheckpointMeta.from_dict(meta, out / ckpt.LAST)
         # The checkpoint is the source of truth for the config (config.json is a copy for people).
         try:
             saved = TrainConfig.from_dict(done.extra["config"])
