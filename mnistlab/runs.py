@@ -84,11 +84,14 @@ def train_run(
     main = distributed.is_main()
     launching = nproc != 1
     world = distributed.check_nproc(nproc) if launching else distributed.world_size()
-    if resume and not (out / ckpt.LAST).is_file():
-        raise CheckpointError(f"{out}: not a run folder, or nothing to resume (no {ckpt.LAST})")
+    no_run = CheckpointError(f"{out}: not a run folder, or nothing to resume (no {ckpt.LAST})")
+    if resume and not out.is_dir() and not _asides(out):
+        raise no_run
     if not resume and config is not None:
         config.validate()  # before anything on disk changes
     with run_lock(out) if main else contextlib.nullcontext():
+        if resume and not (out / ckpt.LAST).is_file():
+            raise no_run
         return _train_run(config, out, resume, overrides, init_from, force, verbose, nproc, master_port, world)
 
 
@@ -432,9 +435,13 @@ def _stale(pid: int, host: str) -> bool:
 
 def _recover_aside(out: Path) -> None:
     """An old run set aside by a --force run that was killed (kill -9) before its first checkpoint: put it back."""
-    out = out.absolute()
-    for aside in out.parent.glob(f".{glob.escape(out.name)}.replaced-*"):
+    for aside in _asides(out):
         _settle_aside(out, aside)
+
+
+def _asides(out: Path) -> list[Path]:
+    out = out.absolute()
+    return sorted(out.parent.glob(f".{glob.escape(out.name)}.replaced-*"))
 
 
 def _init_weights(model: torch.nn.Module, source: str) -> None:
