@@ -57,12 +57,15 @@ def save(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: d
     meta = json.loads(json.dumps(meta))  # as it will read back (tuples → lists, keys → strings), so digests agree
     header = {"format": FORMAT, "version": VERSION, "sha256": file_digest(tensors_digest(tensors), meta), "meta": meta}
     data = st_save(tensors, metadata={"mnistlab": json.dumps(header, sort_keys=True)})
-    with fileio.atomic_open(path, "wb") as f:
-        if faults.hit("save"):  # crash tests: die with half a file written
-            f.write(data[: len(data) // 2])
-            f.flush()
-            faults.fire()
-        f.write(data)
+    try:
+        with fileio.atomic_open(path, "wb") as f:
+            if faults.hit("save"):  # crash tests: die with half a file written
+                f.write(data[: len(data) // 2])
+                f.flush()
+                faults.fire()
+            f.write(data)
+    except OSError as e:  # disk full, read-only, permission: the previous file is still whole
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e})") from None
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:

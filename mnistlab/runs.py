@@ -31,7 +31,7 @@ from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
 from mnistlab.devices import pick_device
 from mnistlab.engine import Trainer, TrainingInterrupted
-from mnistlab.errors import CheckpointError, ConfigError, DatasetError
+from mnistlab.errors import ENVIRONMENT_ERRNOS, CheckpointError, ConfigError, DatasetError
 from mnistlab.metrics import ACC
 from mnistlab.models import build_model, summary
 from mnistlab.runfolder import RunFolder
@@ -136,6 +136,7 @@ def _train_run(config: TrainConfig | None, out: Path, resume: bool, overrides: d
     owned = distributed.current() is None
     if force and main and not resume and _holds_anything(out):
         aside = _set_aside(out)  # the old run stays whole until the new one has its first checkpoint
+    created = main and not resume and not out.exists()
     try:
         ctx = distributed.setup(config.device)
         try:
@@ -144,9 +145,15 @@ def _train_run(config: TrainConfig | None, out: Path, resume: bool, overrides: d
         finally:
             if owned:
                 distributed.teardown()
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        raise CheckpointError(f"{e.filename or out}: cannot write the run ({e.strerror})") from None
     finally:
         if aside is not None:
             _settle_aside(out, aside)
+        elif created and not (out / ckpt.LAST).is_file():  # a new run that never saved leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def _launch(nproc: int, master_port: int | None, config: TrainConfig, out: Path, resume: bool,

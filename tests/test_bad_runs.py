@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -383,3 +383,44 @@ def test_the_folder_holds_nothing_after_the_refusals_but_what_was_there(run: Pat
     run_cli("train", *ARGS, "--out", str(run))
     run_cli("train", "--resume", str(run), "--epochs", "2")
     assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
+
+
+# -- disk full and read-only, on a small tmpfs this test mounts ---------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[int, bool], Path]]:
+    """``mount(kib, read_only)``: a tmpfs of that size at a fresh folder, unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(kib: int, read_only: bool = False) -> Path:
+        where = tmp_path / f"fs{len(mounted)}"
+        where.mkdir()
+        opts = f"size={kib}k" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_new_run_on_a_full_disk_is_one_line_and_leaves_nothing(tmpfs: Callable[[int, bool], Path]) -> None:
+    fs = tmpfs(600, False)  # room for config.json and summary.txt, not for a 1.2 MB checkpoint
+    refused(fs, 2, "train", *ARGS, "--epochs", "1", "--out", str(fs / "new"),
+            needles=(str(fs / "new"), "No space left on device"))  # fmt: skip
+
+
+def test_force_on_a_full_disk_keeps_the_old_run(run: Path, tmpfs: Callable[[int, bool], Path]) -> None:
+    fs = tmpfs(3000, False)  # the old run (2.5 MB) fits; a second checkpoint beside it does not
+    shutil.copytree(run, fs / "run")
+    refused(fs, 2, "train", *ARGS, "--epochs", "1", "--out", str(fs / "run"), "--force",
+            needles=("No space left on device",))  # fmt: skip
+
+
+def test_a_read_only_folder_is_one_line(run: Path, tmpfs: Callable[[int, bool], Path]) -> None:
+    fs = tmpfs(100, True)
+    refused(fs, 2, "train", *ARGS, "--out", str(fs / "new"), needles=("Read-only file system",))

@@ -8,13 +8,12 @@ traceback, a line asking for a report, and exit code 70.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
 import traceback
 
 from mnistlab import __version__
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import ENVIRONMENT_ERRNOS, MnistlabError
 
 # Each name is a module ``mnistlab.cli.<name>`` with ``register(subparsers)``.
 COMMANDS = [
@@ -76,9 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         return _bug()
 
 
-# The machine's fault, not ours and not a wrong argument: one line, as for a user mistake.
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE,
-                                errno.ENFILE, errno.ENOMEM, errno.EIO})  # fmt: skip
 BUG_EXIT = 70  # EX_SOFTWARE (sysexits.h): an internal error
 
 
