@@ -293,6 +293,9 @@ def check_out(out: Path, force: bool) -> None:
     if not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder; choose another --out")
     if force:
+        here = Path.cwd().resolve()
+        if out.resolve() in (here, *here.parents):
+            raise ConfigError(f"{out} holds the current folder; --force cannot replace it (choose another --out)")
         return
     if (out / ckpt.LAST).is_file():
         raise ConfigError(
@@ -325,6 +328,7 @@ def _abandoned_run(out: Path) -> bool:
 
 
 def _aside_name(out: Path, pid: int) -> Path:
+    out = out.absolute()
     return out.parent / f".{out.name}.replaced-{pid}"
 
 

@@ -51,10 +51,11 @@ def one_line(r: subprocess.CompletedProcess, code: int, *needles: str) -> None:
         assert n in r.stderr, r.stderr
 
 
-def refused(where: Path, code: int, *args: str, needles: tuple[str, ...] = (), env: dict | None = None) -> str:
+def refused(where: Path, code: int, *args: str, needles: tuple[str, ...] = (), env: dict | None = None,
+            cwd: Path | None = None) -> str:  # fmt: skip
     """Run ``mnistlab ARGS``; it must fail in one line and leave ``where`` exactly as it was."""
     before = tree_hash(where)
-    r = run_cli(*args, env=env)
+    r = run_cli(*args, env=env, cwd=cwd)
     one_line(r, code, *needles)
     assert tree_hash(where) == before
     return r.stderr
@@ -240,6 +241,10 @@ def test_force_replaces_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 )
 def test_force_keeps_the_old_run_when_the_new_one_cannot_start(run: Path, extra: list[str], msg: str) -> None:
     refused(run.parent, 2, "train", *ARGS, "--out", str(run), "--force", *extra, needles=(msg,))
+
+
+def test_force_cannot_replace_the_current_folder(run: Path) -> None:
+    refused(run.parent, 2, "train", *ARGS, "--out", ".", "--force", needles=("holds the current folder",), cwd=run)
 
 
 def test_force_keeps_the_old_run_when_training_fails_before_its_first_checkpoint(run: Path) -> None:
