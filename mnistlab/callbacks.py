@@ -36,9 +36,16 @@ LIVE_EVERY = 16
 
 
 class TrainingInterrupted(MnistlabError):
-    """Training stopped on SIGINT after saving its checkpoint; the message holds the resume command."""
+    """Training stopped on SIGINT or SIGTERM after saving its checkpoint; the message holds the resume command.
+
+    The exit code is the shell's for death by that signal: 130 (SIGINT), 143 (SIGTERM).
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Callback:
@@ -474,26 +481,33 @@ class LambdaCallback(Callback):
 
 
 class GracefulInterrupt(Callback):
-    """Ctrl-C stops after the current step, saves ``filepath`` and raises ``TrainingInterrupted`` (exit 130).
+    """Ctrl-C (SIGINT) or SIGTERM stops after the current step, saves ``filepath`` and raises
+    ``TrainingInterrupted`` (exit code 130 for SIGINT, 143 for SIGTERM, as a shell reports death by them).
 
-    A second Ctrl-C stops at once. Only in the main thread of a single process: under torchrun the ranks
+    A second signal stops at once. Only in the main thread of a single process: under torchrun the ranks
     would have to agree on the step, so there a Ctrl-C stops at once and the run resumes from its last save.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, filepath: str | Path, resume_command: str | None = None) -> None:
         self.filepath = Path(filepath)
         self.resume_command = resume_command
         self.requested = False
-        self._old: Any = None
+        self.signal = signal.SIGINT
+        self._old: dict[int, Any] = {}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.requested = False
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
-    def _handle(self, _sig: int, _frame: object) -> None:
+    def _handle(self, sig: int, _frame: object) -> None:
         if self.requested:
+            if sig == signal.SIGTERM:
+                raise SystemExit(128 + sig)
             raise KeyboardInterrupt
+        self.signal = signal.Signals(sig)
         self.requested = self.trainer.interrupted = True
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -507,9 +521,12 @@ class GracefulInterrupt(Callback):
             f"epoch {st.epoch + 1} step {st.step}/{t.steps_per_epoch}" if st.step else f"the end of epoch {st.epoch}"
         )
         cmd = self.resume_command or f"Trainer.fit(..., resume_from={str(self.filepath)!r})"
-        raise TrainingInterrupted(f"interrupted at {where}; saved {self.filepath}. Resume with: {cmd}")
+        by = "" if self.signal == signal.SIGINT else f" by {self.signal.name}"
+        raise TrainingInterrupted(
+            f"interrupted{by} at {where}; saved {self.filepath}. Resume with: {cmd}", 128 + self.signal
+        )
 
     def close(self) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}

@@ -1,8 +1,10 @@
 """Checkpoints: one safetensors file holding every tensor, with the rest as JSON in its header.
 
 Nothing here unpickles: loading a checkpoint can never run code. Each file carries a SHA-256 of its
-tensors, so a truncated or tampered file raises ``CheckpointError`` naming it, instead of a crash deep
-inside torch. Files are written atomically (temp file + fsync + ``os.replace``): a ``kill -9`` at any
+tensors and of its JSON header (version 2; version-1 files, whose digest covers the tensors only, are
+still read), so a truncated, damaged or hand-edited file raises ``CheckpointError`` naming it, instead of
+a crash deep inside torch or a silently different model. (The digest is no signature: whoever can write
+the file can recompute it.) Files are written atomically (temp file + fsync + ``os.replace``): a ``kill -9`` at any
 moment leaves the previous checkpoint loadable.
 
 >>> loaded = load_checkpoint("runs/mnist")          # doctest: +SKIP
@@ -27,7 +29,7 @@ from mnistlab import faults, fileio
 from mnistlab.errors import CheckpointError, ConfigError
 
 FORMAT = "mnistlab-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the digest covers the JSON header (meta) too; 1: tensors only
 LAST = "last.safetensors"
 BEST = "best.safetensors"
 
@@ -41,17 +43,29 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def file_digest(tensors_sha: str, meta: dict, version: int = VERSION) -> str:
+    """The digest stored in a checkpoint: its tensors' digest and, from version 2, its canonical JSON meta."""
+    if version < 2:
+        return tensors_sha
+    text = json.dumps({"format": FORMAT, "version": version, "tensors": tensors_sha, "meta": meta}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write ``tensors`` and ``meta`` (JSON-able) atomically as one safetensors file."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {"format": FORMAT, "version": VERSION, "sha256": tensors_digest(tensors), "meta": meta}
+    meta = json.loads(json.dumps(meta))  # as it will read back (tuples → lists, keys → strings), so digests agree
+    header = {"format": FORMAT, "version": VERSION, "sha256": file_digest(tensors_digest(tensors), meta), "meta": meta}
     data = st_save(tensors, metadata={"mnistlab": json.dumps(header, sort_keys=True)})
-    with fileio.atomic_open(path, "wb") as f:
-        if faults.hit("save"):  # crash tests: die with half a file written
-            f.write(data[: len(data) // 2])
-            f.flush()
-            faults.fire()
-        f.write(data)
+    try:
+        with fileio.atomic_open(path, "wb") as f:
+            if faults.hit("save"):  # crash tests: die with half a file written
+                f.write(data[: len(data) // 2])
+                f.flush()
+                faults.fire()
+            f.write(data)
+    except OSError as e:  # disk full, read-only, permission: the previous file is still whole
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e})") from None
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -71,17 +85,23 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{path}: a safetensors file, but not a mnistlab checkpoint (no 'mnistlab' metadata)")
     try:
         header = json.loads(header_s)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON") from None
-    if header.get("format") != FORMAT or not isinstance(header.get("meta"), dict):
-        raise CheckpointError(f"{path}: unknown checkpoint format {header.get('format')!r}")
-    if header.get("version", 0) > VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint version {header['version']} is newer than this mnistlab reads ({VERSION})"
-        )
-    if tensors_digest(tensors) != header.get("sha256"):
-        raise CheckpointError(f"{path}: tensor checksum mismatch (the file was modified or damaged)")
+    if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(header.get("meta"), dict):
+        raise CheckpointError(f"{path}: unknown checkpoint format {_get(header, 'format')!r}")
+    version = header.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path}: bad checkpoint version {version!r}")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version} is newer than this mnistlab reads ({VERSION})")
+    if file_digest(tensors_digest(tensors), header["meta"], version) != header.get("sha256"):
+        what = "tensor" if version < 2 else "tensor and metadata"
+        raise CheckpointError(f"{path}: {what} checksum mismatch (the file was modified or damaged)")
     return tensors, header["meta"]
+
+
+def _get(d: object, key: str) -> object:
+    return d.get(key) if isinstance(d, dict) else None
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict:
@@ -123,13 +143,41 @@ class CheckpointMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> CheckpointMeta:
+    def from_dict(cls, d: dict, source: str | os.PathLike[str] = "checkpoint") -> CheckpointMeta:
+        """Read the flat dict back; a field of the wrong type raises ``CheckpointError`` naming ``source``.
+
+        >>> CheckpointMeta.from_dict({"epoch": "zero"}, "run/last.safetensors")
+        Traceback (most recent call last):
+        ...
+        mnistlab.errors.CheckpointError: run/last.safetensors: field 'epoch' must be a non-negative int, not 'zero'
+        """
         known = {f.name for f in fields(cls)} - {"extra"}
+        for k, v in d.items():
+            if k in known and not _fits(v, _TYPES[k]):
+                kind = "a non-negative int" if _TYPES[k] == (int,) else _TYPES[k][0].__name__
+                raise CheckpointError(f"{source}: field {k!r} must be {kind}, not {str(repr(v))[:60]}")
         return cls(**{k: v for k, v in d.items() if k in known}, extra={k: v for k, v in d.items() if k not in known})
 
     def finished(self, epochs: int) -> bool:
         """Whether a run saved with this meta has nothing left to do for a total of ``epochs``."""
         return self.step == 0 and (self.epoch >= epochs or self.stopped)
+
+
+# What each CheckpointMeta field may hold in the file (JSON types; None only where the field allows it).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "epoch": (int,), "step": (int,), "global_step": (int,), "epoch_done": (bool,), "train_time": (float, int),
+    "lr_factor": (float, int), "stopped": (bool,), "fingerprint": (dict,), "optimizer": (dict,),
+    "history": (dict,), "model_spec": (dict, type(None)), "rng": (dict,), "ranks": (list, type(None)),
+    "callbacks": (dict,),
+}  # fmt: skip
+
+
+def _fits(value: object, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:  # JSON true is no count
+        return False
+    if isinstance(value, int) and int in types and not isinstance(value, bool) and value < 0:
+        return False  # epochs and steps count up from 0
+    return isinstance(value, types)
 
 
 # -- optimizer state, flattened into named tensors + JSON ---------------------------------------

@@ -6,6 +6,8 @@ says what is wrong and where. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class MnistlabError(Exception):
     """Base class for every error caused by the user's input or environment."""
@@ -43,3 +45,9 @@ class EmptyImageError(ImageError):
 
 class DistributedError(MnistlabError):
     """A multi-process run cannot start (bad world size, port in use) or one of its processes failed."""
+
+
+# An OSError with one of these is the machine's fault, not a bug (disk full, read-only, permission denied):
+# the CLI and the library report it in one line naming the path.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE,
+                                errno.ENFILE, errno.ENOMEM, errno.EIO})  # fmt: skip

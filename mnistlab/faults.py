@@ -2,7 +2,7 @@
 
 Kinds: ``step:N`` (SIGKILL after global step N), ``epoch:N`` (SIGKILL right after epoch N is saved),
 ``save:N`` (SIGKILL half-way through writing the N-th checkpoint file), ``sigint-step:N`` (SIGINT after
-step N), ``error-step:N`` (a ``MnistlabError`` raised after step N). Timing a ``kill -9`` from outside
+step N), ``sigterm-step:N`` (SIGTERM after step N), ``error-step:N`` (a ``MnistlabError`` raised after step N), ``bug-step:N`` (a ``RuntimeError``: a bug). Timing a ``kill -9`` from outside
 cannot hit "during a save" reliably; this can, and the process still dies by the real signal, with no
 chance to clean up. ``MNISTLAB_FAULT_RANK=R`` limits the fault to rank R of a multi-process run
 (torchrun's ``RANK``), so one rank fails while the others carry on.
@@ -51,7 +51,10 @@ def fire() -> None:
     spec = os.environ.get(ENV, "")
     if spec.startswith("error"):
         raise MnistlabError(f"fault injected by {ENV}={spec}")
-    os.kill(os.getpid(), signal.SIGINT if spec.startswith("sigint") else signal.SIGKILL)
+    if spec.startswith("bug"):  # not a user mistake: what the CLI must report as a bug
+        raise RuntimeError(f"fault injected by {ENV}={spec}")
+    sig = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}.get(spec.partition("-")[0], signal.SIGKILL)
+    os.kill(os.getpid(), sig)
 
 
 def reset() -> None:

@@ -10,6 +10,7 @@ Model: "mlp"...
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -218,6 +219,7 @@ def from_spec(spec: dict) -> Named:
     name = spec.pop("name", None)
     if not isinstance(name, str):
         raise ConfigError(f"model spec has no preset name: {spec}")
+    _check_spec(name, spec)
     if "in_shape" in spec:
         spec["in_shape"] = tuple(spec["in_shape"])
     if name == "sequential":  # an imported model: its layers are in the spec, it is no preset
@@ -226,6 +228,35 @@ def from_spec(spec: dict) -> Named:
         except TypeError as e:
             raise ConfigError(f"model 'sequential': {e}") from None
     return build_model(name, **spec)
+
+
+# What a spec read from a file may ask for: sizes a model of this toolkit can have (a spec is data, and
+# hidden=2e9 would try to allocate 6 TB before anything could say no).
+_SIZES = {"hidden": (1, 1 << 16), "width": (1, 1 << 12), "num_classes": (1, 1 << 16)}
+
+
+def _check_spec(name: str, spec: dict) -> None:
+    def count(v: object, lo: int, hi: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    for key, (lo, hi) in _SIZES.items():
+        if key in spec and not count(spec[key], lo, hi):
+            raise ConfigError(f"model {name!r}: {key} must be an integer in [{lo}, {hi}], got {spec[key]!r:.40}")
+    shape = spec.get("in_shape", [1, 28, 28])
+    if not (isinstance(shape, list | tuple) and len(shape) == 3 and all(count(v, 1, 4096) for v in shape)):
+        raise ConfigError(
+            f"model {name!r}: in_shape must be [channels, height, width] of sizes 1..4096, got {shape!r:.60}"
+        )
+    if shape[0] * shape[1] * shape[2] > 1 << 24:
+        raise ConfigError(f"model {name!r}: in_shape {list(shape)} is too large")
+    norm = spec.get("normalize")
+    if norm is not None and not (
+        isinstance(norm, list | tuple)
+        and len(norm) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in norm)
+        and norm[1] > 0
+    ):
+        raise ConfigError(f"model {name!r}: normalize must be [mean, std > 0], got {norm!r:.60}")
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

@@ -10,7 +10,13 @@ A run folder holds ``config.json``, ``summary.txt``, ``metrics.csv``, ``history.
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,7 @@ from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
 from mnistlab.devices import pick_device
 from mnistlab.engine import Trainer, TrainingInterrupted
-from mnistlab.errors import CheckpointError, ConfigError
+from mnistlab.errors import ENVIRONMENT_ERRNOS, CheckpointError, ConfigError, DatasetError
 from mnistlab.metrics import ACC
 from mnistlab.models import build_model, summary
 from mnistlab.runfolder import RunFolder
@@ -36,9 +42,16 @@ def build_for(config: TrainConfig, ds: Dataset, held_out: int = 0) -> torch.nn.M
     kwargs: dict[str, Any] = {"in_shape": ds.input_shape, "num_classes": ds.num_classes}
     if config.width:
         kwargs["width" if config.model == "cnn" else "hidden"] = config.width
+    if len(ds.x_train) <= held_out:
+        raise DatasetError(f"{ds.name}: no training images to train on ({len(ds.x_train)} in all, {held_out} held out)")
     if config.normalize:
         x = np.asarray(ds.x_train[: len(ds.x_train) - held_out], dtype=np.float32) / 255.0
-        kwargs["normalize"] = [round(float(x.mean()), 6), round(float(x.std()), 6)]
+        mean, std = round(float(x.mean()), 6), round(float(x.std()), 6)
+        if not std > 0:
+            raise DatasetError(
+                f"{ds.name}: every training pixel has the value {mean * 255:g}; nothing to standardize (--no-normalize)"
+            )
+        kwargs["normalize"] = [mean, std]
     return build_model(config.model, **kwargs)
 
 
@@ -58,8 +71,10 @@ def train_run(
 
     ``resume=True`` continues the run in ``out`` with its saved config; ``overrides`` may change only
     the settings the schema marks resumable (``config.resumable()``: ``epochs``, the new total, and where
-    the run runs). ``force`` replaces a finished
-    or abandoned run in ``out``.
+    the run runs). ``force`` replaces what ``out`` holds (a run, or a folder that is not one, which is
+    otherwise refused), but only once the new run has its first checkpoint: until then the old folder
+    waits as a hidden sibling and comes back on any failure. A lock file (``lock_path``) keeps a second
+    writer out of ``out`` while this one runs.
 
     ``nproc`` > 1 trains data-parallel in that many processes on this machine (``mnistlab train --nproc``),
     meeting on ``master_port`` (default: a free one). Under torchrun each process calls this with the
@@ -69,22 +84,38 @@ def train_run(
     main = distributed.is_main()
     launching = nproc != 1
     world = distributed.check_nproc(nproc) if launching else distributed.world_size()
+    no_run = CheckpointError(f"{out}: not a run folder, or nothing to resume (no {ckpt.LAST})")
+    if resume and not out.is_dir() and not _asides(out):
+        raise no_run
+    if not resume and config is not None:
+        config.validate()  # before anything on disk changes
+    with run_lock(out) if main else contextlib.nullcontext():
+        if resume and not (out / ckpt.LAST).is_file():
+            raise no_run
+        return _train_run(config, out, resume, overrides, init_from, force, verbose, nproc, master_port, world)
+
+
+def _train_run(config: TrainConfig | None, out: Path, resume: bool, overrides: dict[str, Any] | None,
+               init_from: str | None, force: bool, verbose: int, nproc: int, master_port: int | None,
+               world: int) -> dict:  # fmt: skip
+    main = distributed.is_main()
+    launching = nproc != 1
+    aside: Path | None = None
     if resume:
-        if not (out / ckpt.LAST).is_file():
-            raise CheckpointError(f"{out}: not a run folder, or nothing to resume (no {ckpt.LAST})")
         if main:
             for stale in out.glob(".*.tmp"):  # half-written files of a killed save (never the real ones)
                 stale.unlink(missing_ok=True)
         meta = ckpt.read_meta(out / ckpt.LAST)
         if meta.get("imported"):  # made by import-keras: weights without a training state
             raise CheckpointError(f"{out}: an imported model, not a training run; train from it with --init-from {out}")
-        done = ckpt.CheckpointMeta.from_dict(meta)
+        done = ckpt.CheckpointMeta.from_dict(meta, out / ckpt.LAST)
         # The checkpoint is the source of truth for the config (config.json is a copy for people).
         try:
             saved = TrainConfig.from_dict(done.extra["config"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{out / ckpt.LAST}: no usable config inside ({e})") from None
         config = merge_resume(saved, overrides or {})
+        config.validate()
         if done.finished(config.epochs):
             how = "stopped early after" if done.stopped else "already trained to"
             msg = f"{out}: {how} {done.epoch} of {config.epochs} epochs; nothing to do"
@@ -94,14 +125,8 @@ def train_run(
         distributed.check_same_world(out, done.fingerprint.get("world_size", 1), world)
     elif config is None:
         raise ConfigError("a config is needed unless resuming")
-    elif (out / ckpt.LAST).is_file() and not force:
-        raise ConfigError(
-            f"{out} already holds a run; use --resume {out} to continue it, --force to replace it, or another --out"
-        )
-    elif force and main and not launching:
-        for name in (ckpt.LAST, ckpt.BEST, "metrics.csv", "history.json", "result.json"):
-            (out / name).unlink(missing_ok=True)
-    config.validate()
+    else:
+        check_out(out, force)
     distributed.per_rank_batch(config.batch_size, world)
     if launching:
         distributed.device_for(config.device, 0, nproc)  # enough GPUs? say so before starting anything
@@ -109,13 +134,26 @@ def train_run(
     if config.threads:
         torch.set_num_threads(config.threads)
     owned = distributed.current() is None
-    ctx = distributed.setup(config.device)
+    if force and main and not resume and _holds_anything(out):
+        aside = _set_aside(out)  # the old run stays whole until the new one has its first checkpoint
+    created = main and not resume and not out.exists()
     try:
-        with distributed.peer_errors():
-            return _train_here(config, out, ctx, resume=resume, init_from=init_from, verbose=verbose)
+        ctx = distributed.setup(config.device)
+        try:
+            with distributed.peer_errors():
+                return _train_here(config, out, ctx, resume=resume, init_from=init_from, verbose=verbose, aside=aside)
+        finally:
+            if owned:
+                distributed.teardown()
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        raise CheckpointError(f"{e.filename or out}: cannot write the run ({e.strerror})") from None
     finally:
-        if owned:
-            distributed.teardown()
+        if aside is not None:
+            _settle_aside(out, aside)
+        elif created and not (out / ckpt.LAST).is_file():  # a new run that never saved leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def _launch(nproc: int, master_port: int | None, config: TrainConfig, out: Path, resume: bool,
@@ -136,7 +174,7 @@ def _launch(nproc: int, master_port: int | None, config: TrainConfig, out: Path,
 
 
 def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None, *, resume: bool,
-                init_from: str | None, verbose: int) -> dict:  # fmt: skip
+                init_from: str | None, verbose: int, aside: Path | None = None) -> dict:  # fmt: skip
     main = ctx is None or ctx.is_main
     verbose = verbose if main else 0
     device = ctx.device if ctx is not None else pick_device(config.device)
@@ -167,7 +205,8 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
         history = trainer.fit(
             ds.x_train, ds.y_train, batch_size=config.batch_size, epochs=config.epochs,
             validation_data=None if split else (ds.x_test, ds.y_test), validation_split=split,
-            validation_freq=config.validation_freq, callbacks=run_callbacks(config, out, ctx),
+            validation_freq=config.validation_freq,
+            callbacks=run_callbacks(config, out, ctx) + ([_DropAside(out, aside)] if aside else []),
             resume_from=out / ckpt.LAST if resume else None, eval_batch_size=config.eval_batch_size,
             data_identity=ds.identity(),
         )  # fmt: skip
@@ -234,6 +273,186 @@ def run_callbacks(config: TrainConfig, out: Path, ctx: distributed.Context | Non
     if ctx is None:  # under torchrun a Ctrl-C stops every rank at once; the run resumes from its last save
         callbacks.append(cb.GracefulInterrupt(out / ckpt.LAST, f"mnistlab train --resume {out}"))
     return callbacks
+
+
+# -- the output folder: whose files it holds, who writes it, what --force keeps until the new run stands --
+
+RUN_FILES = frozenset(
+    {"config.json", "summary.txt", "metrics.csv", "history.json", "result.json", ckpt.LAST, ckpt.BEST}
+)
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse ``out`` for a new run unless it is new, empty, or a run of ours that ``force`` may replace.
+
+    A folder holding anything else (a user's own ``config.json`` or ``metrics.csv`` among them) is
+    replaced only with ``force``; a run is never replaced without it.
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder; choose another --out")
+    if force:
+        here = Path.cwd().resolve()
+        if out.resolve() in (here, *here.parents):
+            raise ConfigError(f"{out} holds the current folder; --force cannot replace it (choose another --out)")
+        return
+    if (out / ckpt.LAST).is_file():
+        raise ConfigError(
+            f"{out} already holds a run; use --resume {out} to continue it, --force to replace it, or another --out"
+        )
+    if _holds_anything(out) and not _abandoned_run(out):
+        raise ConfigError(
+            f"{out} is a folder that is not a mnistlab run and is not empty; choose another --out, "
+            "or --force to replace it"
+        )
+
+
+def _holds_anything(out: Path) -> bool:
+    try:
+        return out.is_dir() and any(out.iterdir())
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot read the folder ({e.strerror})") from None
+
+
+def _abandoned_run(out: Path) -> bool:
+    """A run stopped before its first checkpoint: only our files, and a ``config.json`` that is a config."""
+    names = {p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
+    if not names <= RUN_FILES or "config.json" not in names:
+        return False
+    try:
+        TrainConfig.read(out)
+    except ConfigError:
+        return False
+    return True
+
+
+def _aside_name(out: Path, pid: int) -> Path:
+    out = out.absolute()
+    return out.parent / f".{out.name}.replaced-{pid}"
+
+
+def _set_aside(out: Path) -> Path:
+    """Rename ``out`` to a hidden sibling (one atomic rename) until the new run has its first checkpoint."""
+    aside = _aside_name(out, os.getpid())
+    try:
+        os.rename(out, aside)
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot set the old run aside for --force ({e.strerror})") from None
+    return aside
+
+
+def _settle_aside(out: Path, aside: Path) -> None:
+    """The new run wrote its first checkpoint: drop the old one. It did not: put the old one back."""
+    if not aside.exists():
+        return
+    if (out / ckpt.LAST).is_file():
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(aside, out)
+
+
+class _DropAside(cb.Callback):
+    """Once the new run's first ``last`` checkpoint is on disk, the old run set aside by --force goes."""
+
+    def __init__(self, out: Path, aside: Path) -> None:
+        self.out, self.aside = out, aside
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.aside.exists() and (self.out / ckpt.LAST).is_file():
+            shutil.rmtree(self.aside, ignore_errors=True)
+
+
+LOCK_ENV = "MNISTLAB_RUN_LOCK"  # set by a launcher holding the lock for the processes it starts
+
+
+def lock_path(out: Path) -> Path:
+    out = out.absolute()
+    return out.parent / f".{out.name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock (a hidden sibling file naming this process) while training writes into ``out``.
+
+    A second writer fails at once with a line naming the holder; a lock left by a dead process of this
+    host is taken over. Two takers of the same stale lock at the same instant may both win (rare; the
+    lock is there against a second command by mistake, not against a race on purpose).
+    """
+    lock = lock_path(out)
+    if os.environ.get(LOCK_ENV) == str(lock):  # our launcher holds it for us
+        yield
+        return
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot create the folder ({e.strerror})") from None
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is None or not _stale(*holder):
+                who = f"process {holder[0]} on {holder[1]}" if holder else "another process"
+                raise ConfigError(
+                    f"{out} is in use by {who} (lock file {lock}); wait for it to finish, or remove the lock "
+                    "file if that process is gone"
+                ) from None
+            lock.unlink(missing_ok=True)  # its holder died without letting go
+            continue
+        except OSError as e:
+            raise ConfigError(f"{out}: cannot create the lock file {lock} ({e.strerror})") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    else:
+        raise ConfigError(f"{out}: cannot take the lock file {lock}")
+    saved = os.environ.get(LOCK_ENV)
+    os.environ[LOCK_ENV] = str(lock)  # processes started by --nproc write under this lock
+    try:
+        _recover_aside(out)
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(LOCK_ENV, None)
+        else:
+            os.environ[LOCK_ENV] = saved
+        with contextlib.suppress(OSError):
+            if lock.read_text() == me:
+                lock.unlink()
+
+
+def _holder(lock: Path) -> tuple[int, str] | None:
+    try:
+        pid, host = lock.read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(pid: int, host: str) -> bool:
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _recover_aside(out: Path) -> None:
+    """An old run set aside by a --force run that was killed (kill -9) before its first checkpoint: put it back."""
+    for aside in _asides(out):
+        _settle_aside(out, aside)
+
+
+def _asides(out: Path) -> list[Path]:
+    out = out.absolute()
+    return sorted(out.parent.glob(f".{glob.escape(out.name)}.replaced-*"))
 
 
 def _init_weights(model: torch.nn.Module, source: str) -> None:

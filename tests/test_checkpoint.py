@@ -2,7 +2,7 @@
 
 Contract: N epochs straight == k epochs + kill -9 + resume, bit for bit (weights and history).
 ``MNISTLAB_FAULT`` (see ``mnistlab/faults.py``) makes the training process send itself a real SIGKILL or
-SIGINT at an exact point, including half-way through writing a checkpoint; one test also kills from outside.
+SIGINT or SIGTERM at an exact point, including half-way through writing a checkpoint; one test also kills from outside.
 """
 
 from __future__ import annotations
@@ -105,6 +105,19 @@ def test_sigint_saves_exits_130_and_resumes(straight: Path, tmp_path: Path) -> N
     assert f"Resume with: mnistlab train --resume {out}" in r.stderr and r.stderr.count("\n") == 1
     _, meta = state(out)
     assert (meta["epoch"], meta["step"]) == (1, 20)  # saved where it stopped: epoch 2, step 20
+    assert resume(out).returncode == 0
+    assert_identical(straight, out)
+
+
+def test_sigterm_saves_exits_143_and_resumes(straight: Path, tmp_path: Path) -> None:
+    # SIGTERM (what `kill`, systemd and batch schedulers send) ends training as Ctrl-C does.
+    out = tmp_path / "run"
+    r = train(out, fault="sigterm-step:50")
+    assert r.returncode == 143
+    assert "interrupted by SIGTERM at epoch 2 step 20/30" in r.stderr and r.stderr.count("\n") == 1
+    assert f"Resume with: mnistlab train --resume {out}" in r.stderr
+    _, meta = state(out)
+    assert (meta["epoch"], meta["step"]) == (1, 20)
     assert resume(out).returncode == 0
     assert_identical(straight, out)
 

@@ -1,6 +1,8 @@
 """The ``mnistlab`` command: one module per command, each a few lines over a library function.
 
-A user mistake (``MnistlabError``) becomes one line on stderr and a non-zero exit code, never a traceback.
+A user mistake (``MnistlabError``) becomes one line on stderr and a non-zero exit code, never a traceback;
+so does the machine's (disk full, read-only, permission denied: exit 1). Anything else is a bug: its
+traceback, a line asking for a report, and exit code 70.
 """
 
 from __future__ import annotations
@@ -8,9 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 from mnistlab import __version__
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import ENVIRONMENT_ERRNOS, MnistlabError
 
 # Each name is a module ``mnistlab.cli.<name>`` with ``register(subparsers)``.
 COMMANDS = [
@@ -62,3 +65,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            return _bug()
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mnistlab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except Exception:
+        return _bug()
+
+
+BUG_EXIT = 70  # EX_SOFTWARE (sysexits.h): an internal error
+
+
+def _bug() -> int:
+    """An exception no one expected is a bug: its traceback, and a line asking for a report."""
+    traceback.print_exc()
+    print(
+        f"mnistlab: this is a bug in mnistlab {__version__}; please report it with the lines above "
+        "(and the command that led to it)",
+        file=sys.stderr,
+    )
+    return BUG_EXIT

@@ -367,7 +367,12 @@ class Trainer:
         """Load model, optimizer, state and history from ``path`` after checking it fits this run."""
         assert self.state is not None
         tensors, raw = ckpt.read(path)
-        meta = ckpt.CheckpointMeta.from_dict(raw)
+        missing = [k for k in ("fingerprint", "optimizer", "history", "rng") if k not in raw]
+        if missing:
+            raise CheckpointError(
+                f"{path}: not a training checkpoint (no saved {', '.join(missing)}); nothing to resume"
+            )
+        meta = ckpt.CheckpointMeta.from_dict(raw, path)
         _check_fingerprint(path, meta.fingerprint, self.fingerprint, self.settings["schedule"], self.steps_per_epoch)
         try:
             self.model.load_state_dict(ckpt.prefixed(tensors, "model/"))
@@ -384,7 +389,14 @@ class Trainer:
             self.state.from_tensors(tensors, own, rng, meta.to_dict(), self.device)
         except (KeyError, IndexError, TypeError):
             raise CheckpointError(f"{path}: holds no saved state for rank {rank}") from None
-        self.history = History.from_dict(meta.history)
+        try:
+            self.history = History.from_dict(meta.history)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{path}: its saved history is unreadable ({e})") from None
+        if len(self.history.epoch) != meta.epoch:
+            raise CheckpointError(
+                f"{path}: its history holds {len(self.history.epoch)} epochs, but it says {meta.epoch} are done"
+            )
         return meta, tensors
 
 
