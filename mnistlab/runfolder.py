@@ -270,6 +270,8 @@ def find_runs(root: str | os.PathLike[str] = "runs") -> list[RunFolder]:
     if not top.is_dir():
         raise CheckpointError(f"{top}: no such folder")
     found = {p.parent for name in MARKERS for p in top.rglob(name)}
+    # hidden folders are mnistlab's own: an old run set aside by --force, a data build in progress
+    found = {p for p in found if not any(part.startswith(".") for part in p.relative_to(top).parts)}
     return [RunFolder(p) for p in sorted(found)]
 
 

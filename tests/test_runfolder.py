@@ -108,6 +108,7 @@ def test_runs_lists_every_run_with_its_numbers(small_run: Path, mlp_run: Path, t
     (root / "started").mkdir()
     (root / "started" / "config.json").write_text(json.dumps(TrainConfig(model="cnn").to_dict()))
     (root / "not-a-run").mkdir()
+    shutil.copytree(small_run, root / ".small.replaced-123")  # an old run that --force has set aside
     assert [r.name for r in find_runs(root)] == ["mlp", "small", "started"]
     r = run_cli("runs", str(root))
     assert r.returncode == 0, r.stderr
