@@ -27,7 +27,10 @@ def main(argv: list[str]) -> int:
         return 2
     import torch
 
+    from benchmarks.common import machine_header
+
     threads = torch.get_num_threads()
+    print(machine_header(), flush=True)
     for name in wanted:
         print(f"\n=== {name} ===", flush=True)
         t = time.perf_counter()
