@@ -18,6 +18,11 @@ from mnistlab.metrics import KEYS as MONITORS  # what a checkpoint, early stoppi
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 SCHEDULES = ("constant", "onecycle", "cosine", "step")
+# Pictures with more pixels are refused before decoding (a 100 KB PNG can claim 50,000 x 50,000 pixels):
+# mnistlab.imaging's one limit, here so the CLI can show it without importing NumPy or Pillow.
+MAX_PIXELS = 40_000_000
+# How data build fits a picture into the data set's size (mnistlab.datasets.decoding).
+FITS = ("stretch", "pad")
 # The picture recipes of mnistlab.preprocess (digit, clothes, or none), for --kind.
 KINDS = ("digit", "fashion", "plain")
 # The model presets of mnistlab.models (tests/test_models.py keeps the two equal).

@@ -33,11 +33,12 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnistlab import config
 from mnistlab.errors import ImageError
 
 # Larger pictures are refused before decoding. 40 megapixels hold any common camera's photo (a 48 MP
 # sensor saves 12 MP by default) and cost at most 160 MB decoded (RGBA).
-MAX_PIXELS = 40_000_000
+MAX_PIXELS = config.MAX_PIXELS
 FULL_SIZE = "mnistlab.full_size"  # key in a PIL image's info: its upright size in the file, when decoded smaller
 COLORS = ("gray", "rgb")
 ImageSource = Image.Image | np.ndarray | bytes | bytearray | str | os.PathLike

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from mnistlab.datasets import SPECS, describe_locations, get_spec, import_dataset, load
-from mnistlab.datasets import download as dl
-from mnistlab.datasets.build import DEFAULT_MAX_PIXELS, FITS, build_dataset
-from mnistlab.datasets.store import data_home
+from mnistlab.config import FITS, MAX_PIXELS
+from mnistlab.datasets.specs import SPECS
 from mnistlab.errors import DatasetError
 
 # A grid of more images is unreadable, and drawing each as a subplot takes seconds per hundred.
@@ -81,8 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--max-pixels",
         type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"refuse larger images, as possible decompression bombs (default: {DEFAULT_MAX_PIXELS})",
+        default=MAX_PIXELS,
+        help=f"refuse larger images, as possible decompression bombs (default: {MAX_PIXELS})",
     )
     q.add_argument("--force", action="store_true", help="replace a data set built earlier in --output (default: off)")
     q.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
@@ -105,6 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from mnistlab.datasets.store import data_home, describe_locations
+
     print(f"data home: {data_home()}  (set MNISTLAB_HOME to move it)")
     for spec in SPECS.values():
         print(f"{spec.name}: {spec.title}")
@@ -114,12 +113,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from mnistlab.datasets.store import import_dataset
+
     dest = import_dataset(args.name, args.path)
     print(f"imported {args.name} from {args.path} into {dest} (content verified)")
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    from mnistlab.datasets import download as dl
+    from mnistlab.datasets.specs import get_spec
+    from mnistlab.datasets.store import data_home
+
     spec = get_spec(args.name)
     assert spec is not None
     dest = data_home() / spec.name
@@ -129,6 +134,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from mnistlab.datasets.build import build_dataset
+
     result = build_dataset(
         args.src,
         args.output,
@@ -156,12 +163,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split(name: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _split(name: str, split: str) -> tuple[Any, Any, tuple[str, ...]]:
+    from mnistlab.datasets.store import load
+
     ds = load(name)
     return (ds.x_train, ds.y_train, ds.class_names) if split == "train" else (ds.x_test, ds.y_test, ds.class_names)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
     x, y, names = _split(args.name, args.split)
     if not -len(x) <= args.index < len(x):
         raise DatasetError(f"--index {args.index} out of range: the {args.split} split has {len(x)} images")
@@ -173,6 +184,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
+    import numpy as np
+
     if not 1 <= args.count <= MAX_GRID:
         raise DatasetError(f"--count must lie in 1..{MAX_GRID}, got {args.count}")
     from mnistlab.plots import check_output

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from mnistlab import imaging
+from mnistlab import config, imaging
 from mnistlab.errors import DatasetError, ImageError
 from mnistlab.progress import Progbar
 
 # The one limit of mnistlab.imaging; images beyond it are refused before a single pixel is decoded.
 DEFAULT_MAX_PIXELS = imaging.MAX_PIXELS
 COLORS = imaging.COLORS
-FITS = ("stretch", "pad")
+FITS = config.FITS
 # Below this many images a process pool costs more than it saves.
 _POOL_MIN = 2000
 
