@@ -216,3 +216,47 @@ def run_cli_process(
         timeout=timeout,
         input=input,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(run: Path, log: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """``mnistlab serve RUN OPTIONS`` in a real process, the way a user starts it, on a free port; yields
+    (base URL, process, log) once /healthz answers, and stops the server afterwards."""
+    import time
+
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(run), "--port", str(port), *options],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.3)
+    try:
+        yield base, proc, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

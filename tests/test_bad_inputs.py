@@ -18,7 +18,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from mnistlab.cli import main
 from mnistlab.datasets import download as dl
 from mnistlab.datasets.specs import MNIST as MNIST_SPEC
 from mnistlab.datasets.specs import PARTS
-from tests.conftest import ROOT, shared_dataset
+from tests.helpers import serve_process, shared_dataset
 
 MNIST = shared_dataset("mnist")
 FASHION = shared_dataset("fashion-mnist")
@@ -520,42 +519,13 @@ def test_force_replaces_a_foreign_file(ctx: Ctx) -> None:
 # -- the web server -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def web(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     """``mnistlab serve`` in a real process: two decoders, a 2-second body timeout."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("web") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "mnistlab", "serve", str(small_run), "--port", str(port), "--max-decodes", "2",
-           "--body-timeout", "2", "--allow-host", "digits.example"]  # fmt: skip
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.3)
-    try:
-        yield base, proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    options = ["--max-decodes", "2", "--body-timeout", "2", "--allow-host", "digits.example"]
+    with serve_process(small_run, log, *options) as served:
+        yield served
 
 
 def _png(im: Image.Image) -> bytes:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +18,7 @@ from PIL import Image
 from mnistlab.datasets import mnist
 from mnistlab.photolike import draw_digit, photo_set, stroke_points
 from mnistlab.predict import Predictor
-from tests.helpers import ROOT
+from tests.helpers import serve_process
 
 
 def png(im: Image.Image) -> bytes:
@@ -33,43 +31,12 @@ def data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(mlp_run: Path, tmp_path_factory: pytest.TempPathFactory):
     """``mnistlab serve`` in a real subprocess, the way a user starts it; yields (base URL, process, log)."""
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mnistlab", "serve", str(mlp_run), "--port", str(port), "--max-upload-mb", "2"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.3)
-    try:
-        yield base, proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serve_process(mlp_run, log, "--max-upload-mb", "2") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
