@@ -77,15 +77,21 @@ def write_history(run: str | os.PathLike[str], history: History) -> None:
     fileio.write_text(run / HISTORY_JSON, json.dumps(history.to_dict(), indent=1) + "\n")
 
 
-def read_history_json(path: Path) -> History:
-    """A run's ``history.json``; a malformed file is a one-line ``CheckpointError`` naming it."""
+def read_json_object(path: Path) -> dict:
+    """A run file holding one JSON object (``history.json``, ``result.json``); a malformed one is a one-line
+    ``CheckpointError`` naming it."""
     try:
         d = json.loads(path.read_text())
     except ValueError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(d).__name__}")
-    return History.from_dict(d)
+    return d
+
+
+def read_history_json(path: Path) -> History:
+    """A run's ``history.json``; a malformed file is a one-line ``CheckpointError`` naming it."""
+    return History.from_dict(read_json_object(path))
 
 
 def read_metrics_csv(path: Path) -> History:

@@ -14,7 +14,6 @@ one-line error everywhere.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -23,7 +22,15 @@ from typing import Any
 from mnistlab import checkpoint as ckpt
 from mnistlab.config import CONFIG_JSON, TrainConfig
 from mnistlab.errors import CheckpointError, ConfigError, MnistlabError
-from mnistlab.metrics import ACC, HISTORY_JSON, METRICS_CSV, History, read_history_json, read_metrics_csv
+from mnistlab.metrics import (
+    ACC,
+    HISTORY_JSON,
+    METRICS_CSV,
+    History,
+    read_history_json,
+    read_json_object,
+    read_metrics_csv,
+)
 
 SUMMARY_TXT = "summary.txt"
 RESULT_JSON = "result.json"
@@ -122,12 +129,9 @@ class RunFolder:
         if not file.is_file():
             return None
         try:
-            d = json.loads(file.read_text())
-        except (OSError, ValueError) as e:
+            return read_json_object(file)
+        except OSError as e:
             raise CheckpointError(f"{file}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{file}: expected a JSON object, got {type(d).__name__}")
-        return d
 
     def summary_text(self) -> str | None:
         """The model summary written when the run started, or None."""
