@@ -3,7 +3,14 @@ of their own that all examples share, and Fashion-MNIST found wherever this mach
 
 from __future__ import annotations
 
-import importlib.util
+import os
+
+# Before anything imports torch: every run in the suite trains with one thread per process. Auto threads
+# follow the machine's load (mnistlab.devices.resolve_threads) and the count changes the last bits, so two
+# runs a test compares bit for bit must not depend on what else the machine (or the other test worker) does.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import importlib.util  # noqa: E402
 from pathlib import Path
 
 import pytest

@@ -302,7 +302,14 @@ class TrainConfig:
     device: str = setting(
         "auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps", resume=True, convert=_device
     )
-    threads: int = setting(0, "torch threads, 0 = torch's choice", at_least=0, resume=True)
+    threads: int = setting(
+        0,
+        "torch threads; 0 = auto: OMP_NUM_THREADS if set, else one per core less the cores other processes keep "
+        "busy as the run starts (threads in lock step crawl beside a busy process); the run records the count "
+        "and a resumed run keeps it, since it changes the last bits of the arithmetic",
+        at_least=0,
+        resume=True,
+    )
     validation_freq: int = setting(1, "validate every N epochs", label="validation frequency", at_least=1)
     eval_batch_size: int = setting(4096, "batch size of evaluation", label="eval batch size", at_least=1)
     val_split: float = setting(

@@ -123,3 +123,105 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
             return "bf16", f"auto: this CPU has native bf16 units ({', '.join(units)})"
         return "fp32", "auto: this CPU has no native bf16 units (AMX, AVX512-BF16), where bf16 is slower"
     return "fp32", f"auto: float32 on {device.type}"
+
+
+# -- threads by the cores that are free -------------------------------------------------------------
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or ``taskset``'s limit)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_ticks() -> tuple[int, int, int, int] | None:
+    """``(busy, all, own, cpus)`` clock ticks since boot: every CPU's busy and total time, this process's
+    own CPU time (all its threads), and the number of CPUs counted; None without Linux's ``/proc``."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+        with open("/proc/self/stat", encoding="ascii") as f:
+            own_fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    values = [int(v) for v in lines[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
+    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    own = int(own_fields[11]) + int(own_fields[12])  # utime + stime (fields 14 and 15 of proc(5))
+    return total - idle, total, own, max(cpus, 1)
+
+
+class CpuWatch:
+    """How many cores other processes keep busy, measured over a stretch of this process's own work.
+
+    Start it, do the work that comes before training anyway (loading data, building the model), then ask
+    ``others_busy()``: the CPU time every process but this one used in that window, in cores. A look that
+    costs no waiting, and one that sees a load that is there now (the 1-minute load average lags by a
+    minute and counts this process too).
+
+    >>> watch = CpuWatch()
+    >>> busy = watch.others_busy()  # None where the window was too short to tell, or there is no /proc
+    >>> busy is None or busy >= 0
+    True
+    """
+
+    MIN_TICKS = 8  # per CPU: below this (80 ms at Linux's usual 100 ticks a second) the figure is noise
+
+    def __init__(self) -> None:
+        self._start = _cpu_ticks()
+
+    def others_busy(self) -> float | None:
+        end = _cpu_ticks()
+        if self._start is None or end is None:
+            return None
+        busy, total, own = (e - s for e, s in zip(end[:3], self._start[:3], strict=True))
+        per_cpu = total / end[3]
+        if per_cpu < self.MIN_TICKS:
+            return None
+        return max(0.0, (busy - own) / per_cpu)
+
+
+_torch_default_threads: int | None = None
+
+
+def resolve_threads(threads: int, watch: CpuWatch | None = None) -> tuple[int, str]:
+    """``(count, why)``: the intra-op threads a run trains with. ``threads`` > 0 is kept as asked.
+
+    ``0`` (auto): ``OMP_NUM_THREADS`` when it is set (the user's, or torchrun's one per process); else
+    torch's own choice (one per physical core, at most the usable ones) less the cores other processes
+    keep busy now, as ``watch`` saw them, and at least one. Why: torch's threads work in lock step and
+    spin while they wait for each other, so a thread that shares its core with a busy process holds all
+    the others back: the fast preset took 15-30x its idle time beside one busy process with two threads
+    on a two-core machine, about 1.4x with one thread. The count is part of the arithmetic (matmuls split
+    their work by it, so the last bits differ), so a run records it and a resumed run keeps it.
+
+    >>> resolve_threads(3)
+    (3, 'asked for')
+    """
+    import os
+
+    import torch
+
+    if threads > 0:
+        return threads, "asked for"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "auto: OMP_NUM_THREADS"
+    global _torch_default_threads
+    if _torch_default_threads is None:  # torch's choice before anyone changed it (a run sets it below)
+        _torch_default_threads = torch.get_num_threads()
+    cores = usable_cores()
+    own = max(1, min(_torch_default_threads, cores))
+    busy = watch.others_busy() if watch is not None else None
+    if busy is None:
+        return own, "auto: one per core"
+    taken = int(busy + 0.35)  # a core counts as taken when another process keeps it busy more than ~2/3 of the time
+    count = max(1, min(own, cores - taken))
+    if count == own:
+        return own, f"auto: one per core, {busy:.1f} of {cores} busy elsewhere"
+    return count, f"auto: {busy:.1f} of {cores} cores busy with other processes"

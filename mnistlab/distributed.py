@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import json
 import logging
 import os
@@ -221,10 +222,21 @@ def setup(device: str | torch.device = "auto") -> Context | None:
     return _ctx
 
 
-def teardown() -> None:
-    """Leave the run (local: no other rank waits for it)."""
+def teardown(clean: bool = False) -> None:
+    """Leave the run.
+
+    ``clean`` (every rank finished the same work): wait for the others, then free what still holds the
+    process group (a DDP wrapper's reducer lives in a reference cycle) before destroying it, so no backend
+    thread outlives the group or meets the interpreter's shutdown: one CI run saw a rank end in
+    ``terminate called without an active exception`` (SIGABRT) after training. Without ``clean`` (a rank
+    failed) nobody waits: the group is destroyed at once.
+    """
     global _ctx
     if _ctx is not None:
+        if clean:
+            with contextlib.suppress(RuntimeError, ValueError):
+                dist.barrier()
+            gc.collect()
         with contextlib.suppress(RuntimeError, ValueError):
             dist.destroy_process_group()
         _ctx = None

@@ -25,7 +25,7 @@ import torch
 
 from mnistlab import callbacks as cb
 from mnistlab import checkpoint as ckpt
-from mnistlab import distributed, fileio
+from mnistlab import devices, distributed, fileio
 from mnistlab.config import TrainConfig, merge_resume
 from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
@@ -131,20 +131,24 @@ def _train_run(config: TrainConfig | None, out: Path, resume: bool, overrides: d
     if launching:
         distributed.device_for(config.device, 0, nproc)  # enough GPUs? say so before starting anything
         return _launch(nproc, master_port, config, out, resume, overrides, init_from, force, verbose)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    watch = devices.CpuWatch()  # sees how busy the other processes keep the CPUs while the data loads
     owned = distributed.current() is None
     if force and main and not resume and _holds_anything(out):
         aside = _set_aside(out)  # the old run stays whole until the new one has its first checkpoint
     created = main and not resume and not out.exists()
     try:
         ctx = distributed.setup(config.device)
+        clean = False
         try:
             with distributed.peer_errors():
-                return _train_here(config, out, ctx, resume=resume, init_from=init_from, verbose=verbose, aside=aside)
+                result = _train_here(
+                    config, out, ctx, resume=resume, init_from=init_from, verbose=verbose, aside=aside, watch=watch
+                )
+            clean = True
+            return result
         finally:
             if owned:
-                distributed.teardown()
+                distributed.teardown(clean)
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
@@ -174,7 +178,8 @@ def _launch(nproc: int, master_port: int | None, config: TrainConfig, out: Path,
 
 
 def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None, *, resume: bool,
-                init_from: str | None, verbose: int, aside: Path | None = None) -> dict:  # fmt: skip
+                init_from: str | None, verbose: int, aside: Path | None = None,
+                watch: devices.CpuWatch | None = None) -> dict:  # fmt: skip
     main = ctx is None or ctx.is_main
     verbose = verbose if main else 0
     device = ctx.device if ctx is not None else pick_device(config.device)
@@ -185,8 +190,11 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
     model = build_for(config, ds, split)
     if init_from:
         _init_weights(model, init_from)
+    threads, threads_why = devices.resolve_threads(config.threads, watch)
+    torch.set_num_threads(threads)
     trainer = Trainer(model, **{**config.trainer_kwargs(), "device": device}, verbose=verbose, dist=ctx)
-    config = config.replace(precision=trainer.precision)  # what "auto" chose is what the run records
+    # What "auto" chose is what the run records (and what a resumed run keeps: both change the arithmetic).
+    config = config.replace(precision=trainer.precision, threads=threads)
     table = summary(model, ds.input_shape)
     trainer.extra_meta = {
         "config": config.to_dict(), "dataset": ds.identity(), "class_names": list(ds.class_names),
@@ -199,7 +207,8 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
         if verbose:
             print(table)
     if verbose:
-        print(f"device {device}, precision {trainer.precision} ({trainer.precision_reason})")
+        print(f"device {device}, precision {trainer.precision} ({trainer.precision_reason}), "
+              f"threads {threads} ({threads_why})")  # fmt: skip
     t0 = time.perf_counter()
     try:
         history = trainer.fit(

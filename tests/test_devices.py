@@ -165,3 +165,76 @@ def test_a_run_records_what_auto_chose(monkeypatch, tmp_path) -> None:
     assert config.precision == "auto"
     train_run(config, tmp_path / "run", verbose=0)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "fp32"
+
+
+# -- threads by the cores that are free ------------------------------------------------------------
+
+
+class _Saw(devices.CpuWatch):
+    """A watch that saw ``busy`` cores busy elsewhere (the measurement stood in for; the choice is the real one)."""
+
+    def __init__(self, busy: float | None) -> None:
+        self.busy = busy
+
+    def others_busy(self) -> float | None:
+        return self.busy
+
+
+@pytest.mark.parametrize(
+    ("cores", "busy", "expected"),
+    [(2, 0.0, 2), (2, 0.3, 2), (2, 0.9, 1), (2, 1.0, 1), (2, 2.5, 1), (8, 3.0, 5), (1, 0.0, 1), (2, None, 2)],
+)
+def test_auto_threads_leave_the_busy_cores_to_their_owners(monkeypatch, cores: int, busy, expected: int) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "usable_cores", lambda: cores)
+    monkeypatch.setattr(devices, "_torch_default_threads", cores)  # torch's own choice: one per core
+    count, why = devices.resolve_threads(0, _Saw(busy))
+    assert count == expected
+    assert why.startswith("auto")
+    if expected < cores:
+        assert f"{busy:.1f} of {cores} cores busy with other processes" in why
+
+
+def test_explicit_threads_and_omp_num_threads_win(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert devices.resolve_threads(0, _Saw(5.0)) == (3, "auto: OMP_NUM_THREADS")
+    assert devices.resolve_threads(2, _Saw(5.0)) == (2, "asked for")
+
+
+def test_the_watch_sees_a_real_busy_process() -> None:
+    import subprocess
+    import sys
+    import time
+
+    if devices._cpu_ticks() is None:
+        pytest.skip("no /proc here")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        watch = devices.CpuWatch()
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.4:  # this process's own work in the window is not counted
+            pass
+        seen = watch.others_busy()
+    finally:
+        busy.kill()
+        busy.wait()
+    # The spin loop has a core of its own, or at worst shares one with this loop and a test worker.
+    assert seen is not None and seen >= 0.5, seen
+
+
+def test_a_run_records_its_threads_and_a_resumed_run_keeps_them(monkeypatch, tmp_path) -> None:
+    import json
+
+    from mnistlab.config import from_preset
+    from mnistlab.runs import train_run
+
+    out = tmp_path / "run"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what auto takes when it is set (torchrun sets it, too)
+    config = from_preset("fast", epochs=1, limit_train=512, limit_test=256, val_split=0, schedule="constant")
+    train_run(config, out, verbose=0)
+    assert json.loads((out / "config.json").read_text())["threads"] == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # another load on resume: the run keeps its count all the same
+    result = train_run(None, out, resume=True, overrides={"epochs": 2}, verbose=0)
+    assert result["threads"] == 1
+    assert json.loads((out / "config.json").read_text())["threads"] == 1

@@ -46,7 +46,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> Pat
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
            "-m", "mnistlab", "train", *ARGS, "--out", str(out), "--quiet"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, f"{r.stderr}\nstdout:\n{r.stdout}"
     assert r.stdout.count("test accuracy") == 1, r.stdout  # rank 0 alone prints
     return out
 
