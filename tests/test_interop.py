@@ -306,10 +306,56 @@ def test_train_init_from_keras_continues_from_its_weights(imported, tmp_path) ->
     r = run_cli("train", "--preset", "lesson", "--epochs", "1", "--init-from", str(FIX / "mlp.keras"), "--out",
                 str(tmp_path / "bad"))  # fmt: skip
     assert r.returncode == 2 and "1.weight (32, 784) (model: (128, 784))" in r.stderr
-    # and from the imported run folder itself
-    r = run_cli("train", "--preset", "lesson", "--width", "32", "--epochs", "1", "--limit-train", "2000",
+    # and from the imported run folder itself, which brings its architecture (32 hidden units): no --width
+    r = run_cli("train", "--preset", "lesson", "--epochs", "1", "--limit-train", "2000",
                 "--init-from", str(imported["mlp.keras"]), "--out", str(tmp_path / "again"), "--quiet")  # fmt: skip
     assert r.returncode == 0, r.stderr
+    assert load_checkpoint(tmp_path / "again").spec["hidden"] == 32
+
+
+def _accuracy(run: Path, x: np.ndarray, y: np.ndarray, which: str = "best") -> float:
+    return float((load_checkpoint(run, which).predict(x).argmax(1) == y).mean())
+
+
+def test_train_init_from_an_imported_cnn_fine_tunes_it_and_resumes_exactly(imported, test_images, tmp_path) -> None:
+    # A Keras user's own CNN, no preset: the run trains the imported architecture, from the imported weights.
+    run, (x, y) = imported["cnn.keras"], test_images
+    common = ["--limit-train", "1500", "--val-split", "1000", "--limit-test", "1000", "--schedule", "constant",
+              "--lr", "1e-3", "--batch-size", "64", "--quiet"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = run_cli("train", "--init-from", str(run), "--out", str(one), "--epochs", "1", *common)
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(one).spec == load_checkpoint(run).spec
+    config = json.loads((one / "config.json").read_text())
+    assert config["model"] == "sequential" and config["normalize"] is False  # the fast preset's, not the model's
+    before, after = _accuracy(run, x, y), _accuracy(one, x, y, "last")
+    assert after >= before - 0.01, (before, after)  # 1,500 images at 1e-3 refine the model, they do not wreck it
+    trained = load_checkpoint(one, "last").model.state_dict()
+    assert not torch.equal(trained["0.weight"], load_checkpoint(run).model.state_dict()["0.weight"])
+    # --resume rebuilds the model from the run's own checkpoint: 1 epoch + 1 resumed == 2 straight, bit for bit
+    r = run_cli("train", "--resume", str(one), "--epochs", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--init-from", str(run), "--out", str(two), "--epochs", "2", *common)
+    assert r.returncode == 0, r.stderr
+    a, b = (load_checkpoint(p, "last").model.state_dict() for p in (one, two))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (
+        json.loads((one / "result.json").read_text())["test"] == json.loads((two / "result.json").read_text())["test"]
+    )
+
+
+def test_imported_architecture_and_conflicting_settings(imported, tmp_path) -> None:
+    run = str(imported["cnn.keras"])
+    err = _cli_error("train", "--init-from", run, "--model", "mlp", "--out", str(tmp_path / "x"))
+    assert f"--init-from {run} holds an imported sequential model; --model mlp asks for another" in err
+    err = _cli_error("train", "--init-from", run, "--normalize", "--out", str(tmp_path / "x"))
+    assert "--normalize asks for another (leave --normalize out to train the imported architecture)" in err
+    err = _cli_error("train", "--model", "sequential", "--out", str(tmp_path / "x"))
+    assert "model 'sequential' is a model brought in by import-keras, no preset: train it with --init-from" in err
+    mlp_run = str(imported["mlp.keras"])
+    err = _cli_error("train", "--init-from", mlp_run, "--width", "64", "--out", str(tmp_path / "x"))
+    assert "holds an imported mlp model of width 32; --width 64 asks for another" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_lesson_txt_reads_numpy_printing(tmp_path) -> None:
