@@ -151,14 +151,31 @@ class ChannelStandardize(nn.Module):
 
 
 class Reshape(nn.Module):
-    """Reshape each sample to ``shape`` (the batch axis stays)."""
+    """Reshape each sample to ``shape`` (the batch axis stays).
 
-    def __init__(self, shape: list[int]) -> None:
+    ``channels_last=True`` reshapes as Keras does with its channels-last data: a 3-D ``shape`` ``(C, H, W)``
+    is filled in ``(H, W, C)`` order, then turned channels-first; ``source=[C, H, W]`` says the input holds
+    such images (or a Flatten of them), which are then read in ``(H, W, C)`` order. Without them the
+    values keep their order.
+    """
+
+    def __init__(self, shape: list[int], channels_last: bool = False, source: list[int] | None = None) -> None:
         super().__init__()
         self.shape = tuple(shape)
+        self.channels_last = channels_last
+        self.source = tuple(source) if source else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
+        n = x.shape[0]
+        if not self.channels_last:
+            return x.reshape(n, *self.shape)
+        if self.source is not None:
+            c, h, w = self.source
+            x = x.reshape(n, c, h, w).permute(0, 2, 3, 1)
+        if len(self.shape) == 3:
+            c, h, w = self.shape
+            return x.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return x.reshape(n, *self.shape)
 
 
 def _layer(d: dict) -> nn.Module:
@@ -168,7 +185,7 @@ def _layer(d: dict) -> nn.Module:
     if op == "channel_standardize":
         return ChannelStandardize(d["channels"])
     if op == "reshape":
-        return Reshape(d["shape"])
+        return Reshape(d["shape"], d.get("channels_last", False), d.get("source"))
     if op == "flatten":
         return nn.Flatten()
     if op == "relu":

@@ -26,19 +26,25 @@ import torch
 from mnistlab import callbacks as cb
 from mnistlab import checkpoint as ckpt
 from mnistlab import devices, distributed, fileio
-from mnistlab.config import TrainConfig, merge_resume
+from mnistlab.config import IMPORTED_MODEL, TrainConfig, merge_resume
 from mnistlab.datasets import Dataset
 from mnistlab.datasets import load_for as load_dataset
 from mnistlab.devices import pick_device
 from mnistlab.engine import Trainer, TrainingInterrupted
 from mnistlab.errors import ENVIRONMENT_ERRNOS, CheckpointError, ConfigError, DatasetError
 from mnistlab.metrics import ACC
-from mnistlab.models import build_model, summary
+from mnistlab.models import build_model, from_spec, summary
 from mnistlab.runfolder import RunFolder
 
 
-def build_for(config: TrainConfig, ds: Dataset, held_out: int = 0) -> torch.nn.Module:
-    """The model a config asks for, shaped for the data set (standardized on its training images only)."""
+def build_for(config: TrainConfig, ds: Dataset, held_out: int = 0, spec: dict | None = None) -> torch.nn.Module:
+    """The model a config asks for, shaped for the data set (standardized on its training images only).
+
+    A ``sequential`` model (one brought in by ``import-keras``) is no preset: it is built from ``spec``, the
+    model spec of the run it starts from or continues.
+    """
+    if config.model == IMPORTED_MODEL:
+        return _sequential_for(spec, ds)
     kwargs: dict[str, Any] = {"in_shape": ds.input_shape, "num_classes": ds.num_classes}
     if config.width:
         kwargs["width" if config.model == "cnn" else "hidden"] = config.width
@@ -53,6 +59,21 @@ def build_for(config: TrainConfig, ds: Dataset, held_out: int = 0) -> torch.nn.M
             )
         kwargs["normalize"] = [mean, std]
     return build_model(config.model, **kwargs)
+
+
+def _sequential_for(spec: dict | None, ds: Dataset) -> torch.nn.Module:
+    if not spec or spec.get("name") != IMPORTED_MODEL:
+        raise ConfigError(
+            f"model {IMPORTED_MODEL!r} is a model brought in by import-keras, no preset: train it with "
+            "--init-from RUN (the imported run, or a run trained from it)"
+        )
+    shape, classes = tuple(spec.get("in_shape") or ()), spec.get("num_classes")
+    if shape != tuple(ds.input_shape) or classes != ds.num_classes:
+        raise ConfigError(
+            f"the {IMPORTED_MODEL} model takes {shape} (C, H, W) images of {classes} classes; the data set "
+            f"{ds.name} has {tuple(ds.input_shape)} images of {ds.num_classes} classes"
+        )
+    return from_spec(spec)
 
 
 def train_run(
@@ -187,7 +208,15 @@ def _train_here(config: TrainConfig, out: Path, ctx: distributed.Context | None,
         ds = load_dataset(config.replace(limit_train=0) if config.val_split else config, progress=verbose > 0)
     split = hold_out(config, ds)
     torch.manual_seed(config.seed)
-    model = build_for(config, ds, split)
+    spec = None
+    if config.model == IMPORTED_MODEL:  # no preset: the architecture comes from the run it continues or starts from
+        from mnistlab.interop import init_architecture
+
+        if resume:
+            spec = ckpt.read_meta(out / ckpt.LAST).get("model_spec")
+        elif init_from:
+            spec = init_architecture(init_from)
+    model = build_for(config, ds, split, spec)
     if init_from:
         _init_weights(model, init_from)
     threads, threads_why = devices.resolve_threads(config.threads, watch)

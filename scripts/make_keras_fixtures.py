@@ -13,11 +13,17 @@ It imports neither torch nor mnistlab, and writes into ``tests/fixtures/keras/``
   BatchNormalization, MaxPooling2D, Dropout, Flatten, Dense softmax), trained the same way;
 - ``zoo.keras``: the other supported layers (Rescaling, Normalization, strided Conv2D, AveragePooling2D,
   Activation, a linear Dense), trained briefly;
+- ``shapes.keras``: what moves values between PyTorch's channels-first and Keras's channels-last order:
+  Reshapes into, out of and between multi-channel images, a per-channel Normalization, AveragePooling2D
+  with 'same' padding, and BatchNormalization after a Dense layer;
 - ``roundtrip_mlp.keras``, ``roundtrip_cnn.keras``: the mnistlab exports ``roundtrip_*-keras.npz``
   (``mnistlab export --layout keras --format npz``, committed beside them) loaded into Keras layers
   built from the export's architecture list (the Normalization layer for the fast preset's
   standardisation), then saved by Keras;
 - ``probabilities.npz``: Keras's own probabilities of each model on the first 1,000 MNIST test images.
+
+``--only shapes`` (names as above, comma-separated) writes only those models and keeps the other
+models' files and probabilities as they are.
 
 The ``*_weights.txt`` files are written with the lesson's own code (``np.set_printoptions(threshold=np.inf)``
 and ``str(v.name)``, ``str(v.shape)``, ``str(v.numpy())`` for each trainable variable).
@@ -128,13 +134,28 @@ def from_export(path: Path) -> keras.Model:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/work/shared/datasets/mnist"))
+    ap.add_argument("--only", help=f"comma-separated models to write (default: all of {', '.join(MODELS)})")
     args = ap.parse_args()
+    only = args.only.split(",") if args.only else list(MODELS)
+    unknown = [m for m in only if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model {unknown[0]!r} (choose from {', '.join(MODELS)})")
     keras.utils.set_random_seed(0)
     (x_train, y_train), (x_test, y_test) = mnist(args.data)
     x_train, x_probe = x_train[:10000] / 255.0, x_test[:N_PROBS] / 255.0
     y_train = y_train[:10000]
     probs: dict[str, np.ndarray] = {}
+    if args.only and (OUT / "probabilities.npz").is_file():
+        with np.load(OUT / "probabilities.npz") as z:
+            probs = {k: z[k] for k in z.files}
+    for name in only:
+        probs.update(MODELS[name](x_train, y_train, x_probe))
+    np.savez_compressed(OUT / "probabilities.npz", **{k: v.astype(np.float32) for k, v in probs.items()})
+    total = sum(p.stat().st_size for p in OUT.iterdir())
+    print(f"wrote {OUT} ({total:,} bytes); keras {keras.__version__}")
 
+
+def make_mlp(x_train: np.ndarray, y_train: np.ndarray, x_probe: np.ndarray) -> dict[str, np.ndarray]:
     mlp = keras.Sequential(
         [
             keras.Input((28, 28)),
@@ -147,8 +168,10 @@ def main() -> None:
     mlp.save(OUT / "mlp.keras")
     mlp.save_weights(OUT / "mlp.weights.h5")
     lesson_txt(mlp, OUT / "mlp_weights.txt")
-    probs["mlp"] = reloaded(OUT / "mlp.keras").predict(x_probe, verbose=0)
+    return {"mlp": reloaded(OUT / "mlp.keras").predict(x_probe, verbose=0)}
 
+
+def make_cnn(x_train: np.ndarray, y_train: np.ndarray, x_probe: np.ndarray) -> dict[str, np.ndarray]:
     cnn = keras.Sequential(
         [
             keras.Input((28, 28)),
@@ -169,8 +192,10 @@ def main() -> None:
     cnn.save_weights(OUT / "cnn.weights.h5")
     (OUT / "cnn.json").write_text(cnn.to_json() + "\n")
     lesson_txt(cnn, OUT / "cnn_weights.txt")
-    probs["cnn"] = reloaded(OUT / "cnn.keras").predict(x_probe, verbose=0)
+    return {"cnn": reloaded(OUT / "cnn.keras").predict(x_probe, verbose=0)}
 
+
+def make_zoo(x_train: np.ndarray, y_train: np.ndarray, x_probe: np.ndarray) -> dict[str, np.ndarray]:
     norm = keras.layers.Normalization(axis=-1)
     norm.adapt(x_train[:2000, :, :, None] * 255.0)
     zoo = keras.Sequential(
@@ -190,16 +215,48 @@ def main() -> None:
     )
     zoo = train(zoo, x_train[..., None], y_train)
     zoo.save(OUT / "zoo.keras")
-    probs["zoo"] = reloaded(OUT / "zoo.keras").predict(x_probe[..., None], verbose=0)
+    return {"zoo": reloaded(OUT / "zoo.keras").predict(x_probe[..., None], verbose=0)}
 
+
+def make_shapes(x_train: np.ndarray, y_train: np.ndarray, x_probe: np.ndarray) -> dict[str, np.ndarray]:
+    # Reshape (28, 28) -> (28, 14, 2): neighbouring pixel pairs become two channels, each with its own
+    # Normalization mean and variance; later Reshapes flatten and unflatten multi-channel images.
+    norm = keras.layers.Normalization(axis=-1)
+    norm.adapt(x_train[:2000].reshape(-1, 28, 14, 2))
+    shapes = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Reshape((28, 14, 2)),
+            norm,
+            keras.layers.Conv2D(6, 3, activation="relu"),
+            keras.layers.AveragePooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Reshape((13, 6, 6)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.AveragePooling2D(3, strides=1, padding="same"),
+            keras.layers.AveragePooling2D(2),
+            keras.layers.Reshape((144,)),
+            keras.layers.Dense(16),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    shapes = train(shapes, x_train, y_train)
+    shapes.save(OUT / "shapes.keras")
+    return {"shapes": reloaded(OUT / "shapes.keras").predict(x_probe, verbose=0)}
+
+
+def make_roundtrips(x_train: np.ndarray, y_train: np.ndarray, x_probe: np.ndarray) -> dict[str, np.ndarray]:
+    probs = {}
     for name in ("mlp", "cnn"):
         model = from_export(OUT / f"roundtrip_{name}-keras.npz")
         model.save(OUT / f"roundtrip_{name}.keras")
         probs[f"roundtrip_{name}"] = reloaded(OUT / f"roundtrip_{name}.keras").predict(x_probe[..., None], verbose=0)
+    return probs
 
-    np.savez_compressed(OUT / "probabilities.npz", **{k: v.astype(np.float32) for k, v in probs.items()})
-    total = sum(p.stat().st_size for p in OUT.iterdir())
-    print(f"wrote {OUT} ({total:,} bytes); keras {keras.__version__}")
+
+MODELS = {"mlp": make_mlp, "cnn": make_cnn, "zoo": make_zoo, "shapes": make_shapes, "roundtrip": make_roundtrips}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -23,16 +24,18 @@ from mnistlab.export.numpy_infer import (
     NumpyModel,
     WeightsError,
     adaptive_max_pool2d,
+    avg_pool2d,
     conv2d,
     from_keras,
     images_to_array,
     max_pool2d,
     parse_weights_txt,
+    reshape,
     to_keras,
 )
-from mnistlab.export.onnx import onnx_probabilities
+from mnistlab.export.onnx import onnx_bytes, onnx_probabilities
 from mnistlab.export.txt import format_weights_txt
-from mnistlab.models import lenet5
+from mnistlab.models import Named, Reshape, lenet5, sequential
 from mnistlab.runs import train_run
 from mnistlab.tensors import images_to_tensor
 from tests.helpers import ROOT, run_cli
@@ -345,6 +348,94 @@ def test_adaptive_max_pool2d_matches_torch(size):
     ref = torch.nn.functional.adaptive_max_pool2d(x, size).numpy()
     got = adaptive_max_pool2d(x.numpy().transpose(0, 2, 3, 1), size).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("include_pad", [False, True])
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(2, 2, 0), (3, 1, 1), (3, 2, 1), ((2, 3), (1, 2), (1, 1))])
+def test_avg_pool2d_matches_torch(kernel, stride, padding, include_pad):
+    x = torch.randn(2, 3, 11, 9)
+    ref = torch.nn.functional.avg_pool2d(x, kernel, stride, padding, count_include_pad=include_pad).numpy()
+    got = avg_pool2d(x.numpy().transpose(0, 2, 3, 1), kernel, stride, padding, include_pad).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+# (input shape, spec): plain reshapes, and Keras's channels-last kind from images, from a Flatten of
+# images, and into images; the NumPy runner holds images channels-last, so each case tests a conversion.
+RESHAPES = [
+    ((1, 28, 28), {"shape": [784]}),
+    ((784,), {"shape": [1, 28, 28]}),
+    ((3, 4, 5), {"shape": [5, 4, 3]}),
+    ((1, 28, 28), {"shape": [2, 28, 14], "channels_last": True}),
+    ((3, 4, 5), {"shape": [60], "channels_last": True, "source": [3, 4, 5]}),
+    ((60,), {"shape": [3, 4, 5], "channels_last": True, "source": [3, 4, 5]}),
+    ((3, 4, 5), {"shape": [2, 5, 6], "channels_last": True, "source": [3, 4, 5]}),
+    ((60,), {"shape": [4, 3, 5], "channels_last": True}),
+]
+
+
+@pytest.mark.parametrize(("in_shape", "spec"), RESHAPES)
+def test_numpy_reshape_matches_the_torch_module(in_shape, spec):
+    x = torch.arange(2 * math.prod(in_shape), dtype=torch.float32).reshape(2, *in_shape)
+    module = Reshape(spec["shape"], spec.get("channels_last", False), spec.get("source"))
+    ref = module(x).numpy()
+    inside = x.numpy().transpose(0, 2, 3, 1) if x.ndim == 4 else x.numpy()  # the runner's channels-last images
+    got = reshape(inside, spec)
+    np.testing.assert_array_equal(got.transpose(0, 3, 1, 2) if got.ndim == 4 else got, ref)
+
+
+def test_keras_reshape_is_keras_semantics():
+    # Keras: (H, W, C) images reshaped channels-last; mnistlab's module does the same on (C, H, W) tensors.
+    keras_in = np.arange(2 * 4 * 5 * 3, dtype=np.float32).reshape(2, 4, 5, 3)
+    keras_out = keras_in.reshape(2, 5, 6, 2)  # Keras's Reshape((5, 6, 2)) is NumPy's reshape of NHWC data
+    module = Reshape([2, 5, 6], channels_last=True, source=[3, 4, 5])
+    got = module(torch.from_numpy(keras_in.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_array_equal(got, keras_out.transpose(0, 3, 1, 2))
+
+
+def test_every_imported_layer_exports_and_runs_in_numpy_and_onnxruntime(tmp_path):
+    # A sequential model with each op the importer makes, random weights and statistics; parity both ways.
+    layers = [
+        {"op": "reshape", "shape": [2, 28, 14], "channels_last": True},
+        {"op": "channel_standardize", "channels": 2},
+        {"op": "conv2d", "in_channels": 2, "out_channels": 4, "kernel_size": [3, 3], "stride": [1, 1],
+         "padding": [1, 1], "bias": False},
+        {"op": "batchnorm2d", "num_features": 4, "eps": 1e-3},
+        {"op": "avgpool2d", "kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1]},
+        {"op": "flatten"},
+        {"op": "reshape", "shape": [4, 7, 14], "channels_last": True, "source": [4, 14, 7]},
+        {"op": "maxpool2d", "kernel_size": [2, 2], "stride": [2, 2]},
+        {"op": "reshape", "shape": [84], "channels_last": True, "source": [4, 3, 7]},
+        {"op": "linear", "in_features": 84, "out_features": 12},
+        {"op": "batchnorm1d", "num_features": 12, "eps": 1e-3},
+        {"op": "relu"},
+        {"op": "linear", "in_features": 12, "out_features": 10},
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    model = sequential(layers)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if not name.endswith("num_batches_tracked"):
+                buf.copy_(torch.rand_like(buf) + 0.5)  # positive: they include std and running_var
+    model.eval()
+    x = np.random.default_rng(0).integers(0, 256, (16, 28, 28), dtype=np.uint8)
+    ref = core.torch_probabilities(model, x)
+    meta = {"format": "mnistlab-weights", "version": 1, "input": {"chw": [1, 28, 28]}}
+    for layout in ("pytorch", "keras"):
+        g = describe(model, layout=layout)
+        assert [a["op"] for a in g.architecture] == [d["op"] for d in layers]
+        text = format_weights_txt(g, {**meta, "layout": layout, "architecture": g.architecture})
+        np.testing.assert_allclose(NumpyModel(parse_weights_txt(text)).predict(x), ref, atol=TOL)
+    g = describe(model)
+    data = onnx_bytes(model, (1, 28, 28), {**meta, "layout": "pytorch", "architecture": g.architecture})
+    np.testing.assert_allclose(onnx_probabilities(data, images_to_array(x)), ref, atol=TOL)
+
+
+def test_an_unsupported_layer_is_refused_in_one_line_naming_it():
+    model = Named("custom", torch.nn.Flatten(), torch.nn.Linear(784, 10), torch.nn.Sigmoid())
+    with pytest.raises(ExportError) as e:
+        describe(model)
+    assert str(e.value).startswith("cannot export a Sigmoid layer (supported: Standardize, ")
+    assert "AvgPool2d" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_keras_dense_after_flatten_reads_channels_last_inputs():

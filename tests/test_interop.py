@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,8 +22,9 @@ from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
 from mnistlab.datasets import mnist
 from mnistlab.errors import CheckpointError
-from mnistlab.export import export_run, read_weights_txt
-from mnistlab.export.numpy_infer import read_weights_safetensors
+from mnistlab.export import FORMATS, NumpyModel, export_run, read_weights_txt
+from mnistlab.export.numpy_infer import images_to_array, read_weights_safetensors
+from mnistlab.export.onnx import onnx_probabilities
 from mnistlab.interop import import_keras, load_init_state, sniff
 from mnistlab.models import from_spec, mlp
 from tests.conftest import ROOT, run_cli
@@ -36,6 +38,7 @@ CASES = {
     "cnn.keras": (None, "cnn", "sequential"),
     "cnn.weights.h5": ("cnn.json", "cnn", "sequential"),
     "zoo.keras": (None, "zoo", "sequential"),
+    "shapes.keras": (None, "shapes", "sequential"),
     "roundtrip_mlp.keras": (None, "roundtrip_mlp", "mlp"),
     "roundtrip_cnn.keras": (None, "roundtrip_cnn", "sequential"),
 }
@@ -132,9 +135,6 @@ def test_imported_run_works_with_export_report_plot_and_serve(imported, tmp_path
     from mnistlab.plots import plot_history
 
     assert "no training history" in plot_history(run).axes[0].texts[0].get_text()
-    # an exotic layer the exporter has no op for is refused in one line (AveragePooling2D here)
-    assert main(["export", str(imported["zoo.keras"]), "-o", str(tmp_path / "z.txt")]) == 2
-    assert "cannot export a AvgPool2d" in capsys.readouterr().err
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mnistlab", "serve", str(run), "--port", str(port), "--quiet"],
@@ -156,6 +156,49 @@ def test_imported_run_works_with_export_report_plot_and_serve(imported, tmp_path
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize("name", ["zoo.keras", "shapes.keras"])
+def test_imported_models_export_to_every_format_and_answer_as_keras(name, imported, test_images, keras_probs,
+                                                                    tmp_path) -> None:  # fmt: skip
+    # AveragePooling2D, BatchNormalization after a Dense layer, a per-channel Normalization and Reshapes that
+    # move values between channels-first and channels-last: each export's own runner against Keras itself.
+    x, ref = test_images[0], keras_probs[CASES[name][1]]
+    for fmt in FORMATS:
+        for layout in ("pytorch", "keras") if fmt != "onnx" else ("pytorch",):
+            path = export_run(imported[name], fmt, tmp_path / f"{layout}.{fmt}", layout, verbose=0)  # checked
+            if fmt == "onnx":
+                probs = onnx_probabilities(path.read_bytes(), images_to_array(x))
+            else:
+                probs = NumpyModel.from_file(path).predict(x)
+            assert (probs.argmax(1) == ref.argmax(1)).all(), (fmt, layout)
+            assert np.abs(probs - ref).max() <= 1e-5, (fmt, layout)
+    # the runner copied alone, without torch or mnistlab, on the Keras-layout text file
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    shutil.copy(ROOT / "mnistlab" / "export" / "numpy_infer.py", alone)
+    np.save(alone / "x.npy", x[:50])
+    runner = (
+        "import runpy, sys; sys.modules['torch'] = None; sys.modules['mnistlab'] = None; "
+        f"sys.argv = ['numpy_infer.py', {str(tmp_path / 'keras.txt')!r}, '--npy', 'x.npy']; "
+        "runpy.run_path('numpy_infer.py', run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", runner], cwd=alone, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    answers = [line.split(": ")[1].split()[0] for line in proc.stdout.strip().splitlines()]
+    assert answers == [str(k) for k in ref[:50].argmax(1)]
+
+
+def test_imported_shapes_model_keeps_keras_channel_order(imported) -> None:
+    layers = load_checkpoint(imported["shapes.keras"]).spec["layers"]
+    reshapes = [d for d in layers if d["op"] == "reshape"]
+    assert reshapes == [
+        {"op": "reshape", "shape": [2, 28, 14], "channels_last": True},  # (28, 28) -> (28, 14, 2)
+        {"op": "reshape", "shape": [6, 13, 6], "channels_last": True, "source": [6, 13, 6]},  # a Flatten's output
+        {"op": "reshape", "shape": [144], "channels_last": True, "source": [8, 6, 3]},  # images -> a vector
+    ]
+    ops = [d["op"] for d in layers]
+    assert "channel_standardize" in ops and "batchnorm1d" in ops and ops.count("avgpool2d") == 3
 
 
 def _free_port() -> int:
@@ -220,6 +263,16 @@ def test_init_from_reads_mnistlab_exports(imported, tmp_path, fmt, layout) -> No
     assert sniff(path) == f"export-{fmt}"
 
 
+def test_init_from_reads_a_keras_layout_export_of_reshapes_and_per_channel_numbers(imported, tmp_path) -> None:
+    run = imported["shapes.keras"]
+    path = export_run(run, "npz", tmp_path / "w.npz", "keras", verbose=0)
+    loaded = load_checkpoint(run)
+    state = load_init_state(path, from_spec(loaded.spec))
+    for k, v in loaded.model.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(state[k], v), k
+
+
 @pytest.mark.parametrize("name", ["mlp.keras", "mlp.weights.h5", "mlp_weights.txt"])
 def test_init_from_reads_keras_files(imported, name) -> None:
     state = load_init_state(FIX / name, mlp(hidden=32))
@@ -253,10 +306,56 @@ def test_train_init_from_keras_continues_from_its_weights(imported, tmp_path) ->
     r = run_cli("train", "--preset", "lesson", "--epochs", "1", "--init-from", str(FIX / "mlp.keras"), "--out",
                 str(tmp_path / "bad"))  # fmt: skip
     assert r.returncode == 2 and "1.weight (32, 784) (model: (128, 784))" in r.stderr
-    # and from the imported run folder itself
-    r = run_cli("train", "--preset", "lesson", "--width", "32", "--epochs", "1", "--limit-train", "2000",
+    # and from the imported run folder itself, which brings its architecture (32 hidden units): no --width
+    r = run_cli("train", "--preset", "lesson", "--epochs", "1", "--limit-train", "2000",
                 "--init-from", str(imported["mlp.keras"]), "--out", str(tmp_path / "again"), "--quiet")  # fmt: skip
     assert r.returncode == 0, r.stderr
+    assert load_checkpoint(tmp_path / "again").spec["hidden"] == 32
+
+
+def _accuracy(run: Path, x: np.ndarray, y: np.ndarray, which: str = "best") -> float:
+    return float((load_checkpoint(run, which).predict(x).argmax(1) == y).mean())
+
+
+def test_train_init_from_an_imported_cnn_fine_tunes_it_and_resumes_exactly(imported, test_images, tmp_path) -> None:
+    # A Keras user's own CNN, no preset: the run trains the imported architecture, from the imported weights.
+    run, (x, y) = imported["cnn.keras"], test_images
+    common = ["--limit-train", "1500", "--val-split", "1000", "--limit-test", "1000", "--schedule", "constant",
+              "--lr", "1e-3", "--batch-size", "64", "--quiet"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = run_cli("train", "--init-from", str(run), "--out", str(one), "--epochs", "1", *common)
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(one).spec == load_checkpoint(run).spec
+    config = json.loads((one / "config.json").read_text())
+    assert config["model"] == "sequential" and config["normalize"] is False  # the fast preset's, not the model's
+    before, after = _accuracy(run, x, y), _accuracy(one, x, y, "last")
+    assert after >= before - 0.01, (before, after)  # 1,500 images at 1e-3 refine the model, they do not wreck it
+    trained = load_checkpoint(one, "last").model.state_dict()
+    assert not torch.equal(trained["0.weight"], load_checkpoint(run).model.state_dict()["0.weight"])
+    # --resume rebuilds the model from the run's own checkpoint: 1 epoch + 1 resumed == 2 straight, bit for bit
+    r = run_cli("train", "--resume", str(one), "--epochs", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--init-from", str(run), "--out", str(two), "--epochs", "2", *common)
+    assert r.returncode == 0, r.stderr
+    a, b = (load_checkpoint(p, "last").model.state_dict() for p in (one, two))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (
+        json.loads((one / "result.json").read_text())["test"] == json.loads((two / "result.json").read_text())["test"]
+    )
+
+
+def test_imported_architecture_and_conflicting_settings(imported, tmp_path) -> None:
+    run = str(imported["cnn.keras"])
+    err = _cli_error("train", "--init-from", run, "--model", "mlp", "--out", str(tmp_path / "x"))
+    assert f"--init-from {run} holds an imported sequential model; --model mlp asks for another" in err
+    err = _cli_error("train", "--init-from", run, "--normalize", "--out", str(tmp_path / "x"))
+    assert "--normalize asks for another (leave --normalize out to train the imported architecture)" in err
+    err = _cli_error("train", "--model", "sequential", "--out", str(tmp_path / "x"))
+    assert "model 'sequential' is a model brought in by import-keras, no preset: train it with --init-from" in err
+    mlp_run = str(imported["mlp.keras"])
+    err = _cli_error("train", "--init-from", mlp_run, "--width", "64", "--out", str(tmp_path / "x"))
+    assert "holds an imported mlp model of width 32; --width 64 asks for another" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_lesson_txt_reads_numpy_printing(tmp_path) -> None:

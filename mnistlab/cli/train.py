@@ -108,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
         result = train_run(None, args.resume, resume=True, overrides=given, verbose=verbose, **where)
     else:
         config = config_from_args(args)
+        if args.init_from:  # an imported model's run brings its architecture (interop.config_for_init)
+            from mnistlab.interop import config_for_init
+
+            given = [f.name for f in cli_fields() if getattr(args, f.name) is not None]
+            config = config_for_init(config, args.init_from, explicit=given)
         out = args.out or f"runs/{Path(config.dataset).name}-{config.model}"
         result = train_run(config, out, init_from=args.init_from, force=args.force, verbose=verbose, **where)
     if args.quiet and distributed.is_main():  # under torchrun, every rank runs this command

@@ -20,7 +20,7 @@ from torch import nn
 
 from mnistlab.errors import ExportError
 from mnistlab.export.numpy_infer import LAYOUTS, ROLES, layer_output_shape, to_keras
-from mnistlab.models import Standardize
+from mnistlab.models import ChannelStandardize, Reshape, Standardize
 
 # Keras's automatic layer names (snake case of the layer class), numbered dense, dense_1, dense_2, …
 KERAS_NAMES = {
@@ -30,9 +30,19 @@ KERAS_NAMES = {
     "relu": "re_lu",
     "conv2d": "conv2d",
     "batchnorm2d": "batch_normalization",
+    "batchnorm1d": "batch_normalization",
+    "channel_standardize": "normalization",
+    "reshape": "reshape",
     "maxpool2d": "max_pooling2d",
+    "avgpool2d": "average_pooling2d",
     "adaptive_maxpool2d": "global_max_pooling2d",
 }
+
+
+SUPPORTED = (
+    "Standardize, ChannelStandardize, Flatten, Reshape, ReLU, Linear, Conv2d, BatchNorm2d, BatchNorm1d, MaxPool2d, "
+    "AvgPool2d, AdaptiveMaxPool2d"
+)
 
 
 @dataclass
@@ -58,6 +68,13 @@ def _layer_spec(mod: nn.Module) -> dict:
     kind = type(mod).__name__
     if isinstance(mod, Standardize):
         return {"op": "standardize"}
+    if isinstance(mod, ChannelStandardize):
+        return {"op": "channel_standardize", "channels": int(mod.mean.numel())}
+    if isinstance(mod, Reshape):
+        if not mod.channels_last:
+            return {"op": "reshape", "shape": list(mod.shape)}
+        extra = {"source": list(mod.source)} if mod.source else {}
+        return {"op": "reshape", "shape": list(mod.shape), "channels_last": True, **extra}
     if isinstance(mod, nn.Flatten):
         if mod.start_dim != 1 or mod.end_dim != -1:
             raise ExportError(f"cannot export Flatten(start_dim={mod.start_dim}, end_dim={mod.end_dim})")
@@ -78,21 +95,26 @@ def _layer_spec(mod: nn.Module) -> dict:
             "op": "conv2d", "in_channels": mod.in_channels, "out_channels": mod.out_channels,
             "kernel_size": list(mod.kernel_size), "stride": list(mod.stride), "padding": list(mod.padding),
         }  # fmt: skip
-    if isinstance(mod, nn.BatchNorm2d):
+    if isinstance(mod, nn.BatchNorm2d | nn.BatchNorm1d):
         if not mod.track_running_stats or not mod.affine:
             raise ExportError(f"cannot export {mod} (needs running statistics and affine weights)")
-        return {"op": "batchnorm2d", "num_features": mod.num_features, "eps": mod.eps}
+        op = "batchnorm2d" if isinstance(mod, nn.BatchNorm2d) else "batchnorm1d"
+        return {"op": op, "num_features": mod.num_features, "eps": mod.eps}
     if isinstance(mod, nn.MaxPool2d):
         if mod.ceil_mode or mod.dilation not in (1, (1, 1)):
             raise ExportError(f"cannot export {mod} (only floor mode, dilation 1)")
         return {"op": "maxpool2d", "kernel_size": _pair(mod.kernel_size), "stride": _pair(mod.stride),
                 "padding": _pair(mod.padding)}  # fmt: skip
+    if isinstance(mod, nn.AvgPool2d):
+        if mod.ceil_mode or mod.divisor_override is not None:
+            raise ExportError(f"cannot export {mod} (only floor mode, no divisor_override)")
+        return {"op": "avgpool2d", "kernel_size": _pair(mod.kernel_size), "stride": _pair(mod.stride),
+                "padding": _pair(mod.padding), "count_include_pad": bool(mod.count_include_pad)}  # fmt: skip
     if isinstance(mod, nn.AdaptiveMaxPool2d):
         if mod.return_indices or None in _pair(mod.output_size):
             raise ExportError(f"cannot export {mod}")
         return {"op": "adaptive_maxpool2d", "output_size": _pair(mod.output_size)}
-    raise ExportError(f"cannot export a {kind} layer (supported: Standardize, Flatten, ReLU, Linear, Conv2d, "
-                      "BatchNorm2d, MaxPool2d, AdaptiveMaxPool2d)")  # fmt: skip
+    raise ExportError(f"cannot export a {kind} layer (supported: {SUPPORTED})")
 
 
 def _pair(v: object) -> list:

@@ -13,8 +13,10 @@ within a small tolerance. Options may stand anywhere among the file names.
 
 It reads the three weight formats mnistlab writes (``txt``, ``npz``, ``safetensors``; the ONNX file is
 for onnxruntime), in either tensor layout (``pytorch`` or ``keras``), and runs the ``mlp``, ``lenet5``
-and ``cnn`` presets: Standardize, Flatten, Linear, ReLU, Conv2d, BatchNorm2d (running statistics),
-MaxPool2d and AdaptiveMaxPool2d, as described by the file's ``architecture`` list.
+and ``cnn`` presets and the models ``mnistlab import-keras`` brings in: Standardize (one number or one per
+channel), Flatten, Reshape (also Keras's channels-last kind), Linear, ReLU, Conv2d, BatchNorm2d and
+BatchNorm1d (running statistics), MaxPool2d, AvgPool2d and AdaptiveMaxPool2d, as described by the
+file's ``architecture`` list.
 
 >>> net = NumpyModel.from_file("runs/mnist-mlp/weights.txt")        # doctest: +SKIP
 >>> net.predict(x_test[:5]).argmax(1)                                # doctest: +SKIP
@@ -67,15 +69,19 @@ LAYOUTS = ("pytorch", "keras")
 ROLES = {
     "pytorch": {
         "standardize": ("mean", "std"),
+        "channel_standardize": ("mean", "std"),
         "linear": ("weight", "bias"),
         "conv2d": ("weight", "bias"),
         "batchnorm2d": ("weight", "bias", "running_mean", "running_var"),
+        "batchnorm1d": ("weight", "bias", "running_mean", "running_var"),
     },
     "keras": {
         "standardize": ("mean", "std"),
+        "channel_standardize": ("mean", "std"),
         "linear": ("kernel", "bias"),
         "conv2d": ("kernel", "bias"),
         "batchnorm2d": ("gamma", "beta", "moving_mean", "moving_variance"),
+        "batchnorm1d": ("gamma", "beta", "moving_mean", "moving_variance"),
     },
 }
 
@@ -362,6 +368,8 @@ def to_keras(
             a = a.T
         elif op == "conv2d" and t_role == "weight":
             a = a.transpose(2, 3, 1, 0)
+        elif op == "channel_standardize":  # one number per channel, broadcast over (H, W, C) in Keras
+            a = a.reshape(-1)
         out[k_role] = np.array(a, dtype=np.float32, order="C")
     return out
 
@@ -383,6 +391,8 @@ def from_keras(
                 a = a.reshape(a.shape[0], h, w, c).transpose(0, 3, 1, 2).reshape(a.shape[0], -1)
         elif op == "conv2d" and k_role == "kernel":
             a = a.transpose(3, 2, 0, 1)
+        elif op == "channel_standardize":
+            a = a.reshape(-1, 1, 1)
         out[t_role] = np.array(a, dtype=np.float32, order="C")
     return out
 
@@ -428,6 +438,44 @@ def max_pool2d(x: np.ndarray, kernel: object, stride: object, padding: object) -
             v = x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
             out = v.copy() if out is None else np.maximum(out, v, out=out)
     return out  # type: ignore[return-value]
+
+
+def avg_pool2d(
+    x: np.ndarray, kernel: object, stride: object, padding: object, count_include_pad: bool = True
+) -> np.ndarray:
+    """Average pooling like ``torch.nn.AvgPool2d`` (floor mode) on ``(N, H, W, C)``; with ``count_include_pad``
+    false, the zero padding is left out of each window's count (as Keras's ``'same'`` pooling does)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+
+    def window_sums(a: np.ndarray) -> np.ndarray:
+        a = _pad_hw(a, ph, pw)
+        ho, wo = (a.shape[1] - kh) // sh + 1, (a.shape[2] - kw) // sw + 1
+        total = np.zeros((a.shape[0], ho, wo, a.shape[3]), dtype=np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                total += a[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+        return total
+
+    if count_include_pad or not (ph or pw):
+        return window_sums(x) / np.float32(kh * kw)
+    return window_sums(x) / window_sums(np.ones((1, x.shape[1], x.shape[2], 1), dtype=np.float32))
+
+
+def reshape(x: np.ndarray, spec: dict) -> np.ndarray:
+    """The ``reshape`` layer on this runner's arrays (images ``(N, H, W, C)``, anything else in PyTorch's order);
+    ``channels_last`` and ``source`` as in ``mnistlab.models.Reshape``."""
+    n, shape = len(x), tuple(int(d) for d in spec["shape"])
+    keras_order = spec.get("channels_last") and spec.get("source")
+    if x.ndim == 4:  # images (N, H, W, C): read (H, W, C) for Keras's order, else PyTorch's (C, H, W)
+        x = x if keras_order else x.transpose(0, 3, 1, 2)
+    elif keras_order:  # a Flatten of (C, H, W) images
+        c, h, w = (int(d) for d in spec["source"])
+        x = x.reshape(n, c, h, w).transpose(0, 2, 3, 1)
+    x = x.reshape(n, -1)
+    if len(shape) != 3:
+        return x.reshape(n, *shape)
+    c, h, w = shape
+    return x.reshape(n, h, w, c) if spec.get("channels_last") else x.reshape(n, c, h, w).transpose(0, 2, 3, 1)
 
 
 def adaptive_max_pool2d(x: np.ndarray, output_size: object) -> np.ndarray:
@@ -477,7 +525,9 @@ def layer_output_shape(op: str, spec: dict, shape: tuple[int, ...]) -> tuple[int
         return (math.prod(shape),)
     if op == "linear":
         return (int(spec["out_features"]),)
-    if op in ("conv2d", "maxpool2d"):
+    if op == "reshape":
+        return tuple(int(d) for d in spec["shape"])
+    if op in ("conv2d", "maxpool2d", "avgpool2d"):
         (kh, kw), (sh, sw), (ph, pw) = (_pair(spec[k]) for k in ("kernel_size", "stride", "padding"))
         c = int(spec["out_channels"]) if op == "conv2d" else shape[0]
         return (c, (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
@@ -567,10 +617,30 @@ class NumpyModel:
             if keras:
                 return {"kernel": (kh, kw, cin, cout), "bias": (cout,)}
             return {"weight": (cout, cin, kh, kw), "bias": (cout,)}
-        if op == "batchnorm2d":
-            c = (int(spec["num_features"]),)
-            return dict.fromkeys(ROLES[self.layout]["batchnorm2d"], c)
-        if op in ("flatten", "relu", "maxpool2d", "adaptive_maxpool2d"):
+        if op in ("batchnorm2d", "batchnorm1d", "channel_standardize"):
+            c = int(spec["channels" if op == "channel_standardize" else "num_features"])
+            if (len(shape) == 1) != (op == "batchnorm1d") or shape[0] != c:
+                raise WeightsError(f"{self.weights.source}: layer {name!r} ({op}) takes {c} channels, gets {shape}")
+            per_channel = (c, 1, 1) if op == "channel_standardize" and not keras else (c,)
+            return dict.fromkeys(ROLES[self.layout][op], per_channel)
+        if op == "reshape":
+            source = spec.get("source")
+            want = [d for d in spec.get("shape", ()) if isinstance(d, int) and d > 0]
+            if (
+                len(want) != len(spec.get("shape", ()))
+                or not 1 <= len(want) <= 3
+                or math.prod(want) != math.prod(shape)
+            ):
+                raise WeightsError(
+                    f"{self.weights.source}: layer {name!r} (reshape) cannot make {spec.get('shape')} of {shape}"
+                )
+            if source is not None and (len(source) != 3 or math.prod(source) != math.prod(shape)
+                                       or (len(shape) == 3 and tuple(source) != shape)):  # fmt: skip
+                raise WeightsError(
+                    f"{self.weights.source}: layer {name!r} (reshape) has a source {source} for inputs {shape}"
+                )
+            return {}
+        if op in ("flatten", "relu", "maxpool2d", "avgpool2d", "adaptive_maxpool2d"):
             return {}
         raise WeightsError(f"{self.weights.source}: layer {name!r}: unknown operation {op!r}")
 
@@ -582,6 +652,10 @@ class NumpyModel:
             a, s = layer.arrays, layer.spec
             if layer.op == "standardize":
                 x = (x - a["mean"]) / a["std"]
+            elif layer.op == "channel_standardize":  # (C, 1, 1) numbers, here over (N, H, W, C)
+                x = (x - a["mean"].reshape(-1)) / a["std"].reshape(-1)
+            elif layer.op == "reshape":
+                x = reshape(x, s)
             elif layer.op == "flatten":
                 x = (x.transpose(0, 3, 1, 2) if x.ndim == 4 else x).reshape(len(x), -1)
             elif layer.op == "linear":
@@ -592,12 +666,14 @@ class NumpyModel:
                 x = np.maximum(x, np.float32(0))
             elif layer.op == "conv2d":
                 x = conv2d(x, a["weight"], a.get("bias"), s["stride"], s["padding"])
-            elif layer.op == "batchnorm2d":
+            elif layer.op in ("batchnorm2d", "batchnorm1d"):
                 # Eval-mode batch norm folded into one scale and shift per channel, as PyTorch's CPU kernel does.
                 scale = a["weight"] / np.sqrt(a["running_var"] + np.float32(s["eps"]))
                 x = x * scale + (a["bias"] - a["running_mean"] * scale)
             elif layer.op == "maxpool2d":
                 x = max_pool2d(x, s["kernel_size"], s["stride"], s["padding"])
+            elif layer.op == "avgpool2d":
+                x = avg_pool2d(x, s["kernel_size"], s["stride"], s["padding"], s.get("count_include_pad", True))
             elif layer.op == "adaptive_maxpool2d":
                 x = adaptive_max_pool2d(x, s["output_size"])
         return x

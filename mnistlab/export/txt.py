@@ -27,26 +27,39 @@ import numpy as np
 from mnistlab.export.graph import Graph
 from mnistlab.export.numpy_infer import MAGIC, META_PREFIX, parse_weights_txt, read_weights_txt, shape_str
 
+RESHAPE = (
+    "each image to shape, given as (C, H, W); channels_last: values taken and placed in (H, W, C) order, "
+    "as Keras's Reshape does (source: the (C, H, W) images the input holds, maybe flattened)"
+)
+AVGPOOL = "mean over kernel_size windows moved by stride (count_include_pad=False: padding not counted)"
 # One line of words per operation, in each layout: what the layer computes with the tensors it names.
 FORMULAS = {
     "pytorch": {
         "standardize": "y = (x - mean) / std",
+        "channel_standardize": "y = (x - mean[c]) / std[c] per channel c; mean, std are (C, 1, 1)",
         "flatten": "y = x.reshape(N, -1)  (C, H, W order)",
+        "reshape": RESHAPE,
         "linear": "y = x @ weight.T + bias",
         "relu": "y = max(x, 0)",
         "conv2d": "cross-correlation with zero padding, weight (out, in, kh, kw), + bias if named",
         "batchnorm2d": "y = (x - running_mean) / sqrt(running_var + eps) * weight + bias",
+        "batchnorm1d": "y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, per feature",
         "maxpool2d": "max over kernel_size windows moved by stride",
+        "avgpool2d": AVGPOOL,
         "adaptive_maxpool2d": "max over output_size bins (output_size=[1, 1]: the global max)",
     },
     "keras": {
         "standardize": "y = (x - mean) / std",
+        "channel_standardize": "y = (x - mean[c]) / std[c] per channel c (the last axis); mean, std are (C,)",
         "flatten": "y = x.reshape(N, -1)  (H, W, C order)",
+        "reshape": RESHAPE,
         "linear": "y = x @ kernel + bias",
         "relu": "y = max(x, 0)",
         "conv2d": "cross-correlation with zero padding, kernel (kh, kw, in, out), + bias if named",
         "batchnorm2d": "y = (x - moving_mean) / sqrt(moving_variance + eps) * gamma + beta",
+        "batchnorm1d": "y = (x - moving_mean) / sqrt(moving_variance + eps) * gamma + beta, per feature",
         "maxpool2d": "max over kernel_size windows moved by stride",
+        "avgpool2d": AVGPOOL,
         "adaptive_maxpool2d": "max over output_size bins (output_size=[1, 1]: the global max)",
     },
 }
@@ -80,7 +93,8 @@ def header_lines(graph: Graph, meta: dict) -> list[str]:
     model = meta.get("model", "?")
     trained = f"; trained on {src['dataset']}" if src.get("dataset") else ""
     epoch = f", epoch {src['epoch']}" if src.get("epoch") is not None else ""
-    out.append(f"model:  {model} preset; {n_train:,} trainable values, {n_fixed:,} non-trainable{trained}{epoch}")
+    kind = "model" if model == "sequential" else "preset"
+    out.append(f"model:  {model} {kind}; {n_train:,} trainable values, {n_fixed:,} non-trainable{trained}{epoch}")
     out += LAYOUT_NOTES[graph.layout]
     color = "gray" if c == 1 else "RGB"
     pix = f"(N, {h}, {w})" if c == 1 else f"(N, {h}, {w}, {c})"

@@ -9,10 +9,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mnistlab.interop.formats import ACCEPTED, fit_state, import_keras, load_init_state, sniff
+    from mnistlab.interop.formats import (
+        ACCEPTED,
+        config_for_init,
+        fit_state,
+        import_keras,
+        init_architecture,
+        load_init_state,
+        sniff,
+    )
 
 # Imported on first use, so ``mnistlab --help`` and the CLI's argument parsing need no torch.
-_LAZY = {"ACCEPTED", "fit_state", "import_keras", "load_init_state", "sniff"}
+_LAZY = {"ACCEPTED", "config_for_init", "fit_state", "import_keras", "init_architecture", "load_init_state", "sniff"}
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +31,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ACCEPTED", "fit_state", "import_keras", "load_init_state", "sniff"]
+__all__ = ["ACCEPTED", "config_for_init", "fit_state", "import_keras", "init_architecture", "load_init_state", "sniff"]

@@ -10,10 +10,12 @@ and the formats accepted.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ import torch
 
 from mnistlab import checkpoint as ckpt
 from mnistlab import fileio
+from mnistlab.config import TrainConfig, flag
 from mnistlab.errors import CheckpointError, ConfigError, MnistlabError
 from mnistlab.interop.keras import Converted, convert, keras_kind, read_model
 
@@ -177,6 +180,50 @@ def fit_state(state: dict[str, torch.Tensor], model: torch.nn.Module, source: st
         raise CheckpointError(f"{source}: weights do not fit the {name} model: {'; '.join(problems)}")
 
 
+def init_architecture(source: str | os.PathLike[str]) -> dict | None:
+    """The model spec that an ``--init-from`` source brings with it: that of a run folder or mnistlab checkpoint
+    holding an imported model (``import-keras``), or a ``sequential`` one (an imported model trained further).
+    A run started from such a source trains that architecture; for any other source (a preset's run, an
+    export, a Keras file) it is None, and the config's preset is built (the weights must fit it).
+    """
+    from mnistlab.config import IMPORTED_MODEL
+
+    p = Path(source)
+    if not (p.is_dir() or (p.is_file() and sniff(p) == "checkpoint")):
+        return None
+    meta = ckpt.read_meta(ckpt.resolve(p, "best"))
+    spec = meta.get("model_spec")
+    if isinstance(spec, dict) and (meta.get("imported") or spec.get("name") == IMPORTED_MODEL):
+        return spec
+    return None
+
+
+def config_for_init(config: TrainConfig, source: str | os.PathLike[str], explicit: Collection[str] = ()) -> TrainConfig:
+    """``config`` for a run that starts from ``source``: when the source brings its architecture
+    (``init_architecture``), the model, width and input standardisation are the source's, whatever the
+    preset said; a setting in ``explicit`` (given on the command line) that asks for another is refused.
+
+    >>> config_for_init(from_preset("fast"), "runs/keras-cnn").model           # doctest: +SKIP
+    'sequential'
+    """
+    spec = init_architecture(source)
+    if spec is None:
+        return config
+    want = {"model": spec["name"], "width": spec.get("hidden", spec.get("width")),
+            "normalize": bool(spec.get("normalize"))}  # fmt: skip
+    what = f"{spec['name']} model" + (f" of width {want['width']}" if want["width"] else "")
+    what += ", with input standardisation" if want["normalize"] else ""
+    for key, value in want.items():
+        given = getattr(config, key)
+        if key in explicit and given != value:
+            shown = (flag(key) if given else f"--no-{key}") if key == "normalize" else f"{flag(key)} {given}"
+            raise ConfigError(
+                f"--init-from {source} holds an imported {what}; {shown} asks for another "
+                f"(leave {flag(key)} out to train the imported architecture)"
+            )
+    return dataclasses.replace(config, **want).validate()
+
+
 def import_keras(
     path: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -198,7 +245,6 @@ def import_keras(
     (``0-1``: ``x / 255`` as in the lesson, ``0-255``, or ``auto``).
     """
     from mnistlab import __version__
-    from mnistlab.config import TrainConfig
     from mnistlab.datasets import load
     from mnistlab.models import from_spec, summary
 
@@ -254,4 +300,4 @@ def keras_model_kind(path: Path) -> str:
     return {"keras": ".keras", "h5": ".weights.h5", "txt": "lesson weights text"}.get(keras_kind(path) or "", "?")
 
 
-__all__ = ["ACCEPTED", "fit_state", "import_keras", "load_init_state", "sniff"]
+__all__ = ["ACCEPTED", "config_for_init", "fit_state", "import_keras", "init_architecture", "load_init_state", "sniff"]

@@ -161,12 +161,21 @@ def _reshape(b: _Builder, layer: kf.KerasLayer) -> None:
     if -1 in target:
         known = math.prod(d for d in target if d != -1)
         target = tuple(math.prod(b.shape) // known if d == -1 else d for d in target)
+    if not 1 <= len(target) <= 3:
+        raise b.fail(layer, f"a target shape of {len(target)} axes is not supported (1 to 3: a vector or images)")
     if math.prod(target) != math.prod(b.shape):
         raise b.fail(layer, f"cannot reshape {b.shape} to {target}")
-    moves_channels = (len(b.shape) == 3 and b.shape[2] > 1) or (len(target) == 3 and target[2] > 1)
-    if moves_channels and b.shape != target:
-        raise b.fail(layer, "a Reshape of multi-channel images is not supported")
-    if _torch_shape(target) != _torch_shape(b.shape):
+    # mnistlab holds images channels-first, so with several channels the values sit in another order than
+    # Keras's: in images of the input, in a Flatten of them, or in the images the target asks for.
+    source = None
+    if len(b.shape) == 3 and b.shape[2] > 1:
+        source = _torch_shape(b.shape)
+    elif b.flat_from is not None and b.flat_from[0] > 1:
+        source = b.flat_from
+    if source is not None or (len(target) == 3 and target[2] > 1):
+        op = {"op": "reshape", "shape": list(_torch_shape(target)), "channels_last": True}
+        b.add({**op, "source": list(source)} if source else op)
+    elif _torch_shape(target) != _torch_shape(b.shape):
         b.add({"op": "reshape", "shape": list(_torch_shape(target))})
     b.shape = target
 
