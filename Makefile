@@ -20,10 +20,10 @@ run: $(STAMP)  ## train the default model on embedded MNIST into runs/main
 test: $(STAMP)  ## lint, format check, the test suite and the package's >>> examples (slow tests left out)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: $(STAMP)  ## benchmarks: medians of repeated runs, ratios to a plain PyTorch loop
 	$(BIN)/python -m benchmarks
