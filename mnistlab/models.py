@@ -321,3 +321,49 @@ def summary(model: nn.Module, in_shape: tuple[int, int, int] = (1, 28, 28), name
     out.append(f" Trainable params: {trainable:,}")
     out.append(f" Non-trainable params: {total - trainable:,}")
     return "\n".join(out)
+
+
+def forward_flops(model: nn.Module, in_shape: tuple[int, int, int] = (1, 28, 28)) -> int:
+    """Floating-point operations of one image's forward pass through ``model``'s convolutions and dense layers.
+
+    A multiply-add counts two. Batch norm, activations and pooling are left out (a few % of a CNN's work);
+    training an image costs about three forwards (the backward pass computes the gradients of the inputs
+    and of the weights, each about one forward), which is how ``training_flops`` counts it. A figure of the
+    model alone, the same on every machine, to put accuracy against compute.
+
+    >>> from mnistlab.models import mlp
+    >>> forward_flops(mlp())  # 2 * (784 * 128 + 128 * 10)
+    203264
+    """
+    total = 0
+
+    def count(mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            per_output = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+            total += 2 * out[0].numel() * per_output
+        elif isinstance(mod, nn.Linear):
+            total += 2 * out[0].numel() * mod.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            model(torch.zeros((1, *in_shape), device=param.device if param is not None else "cpu"))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total
+
+
+def training_flops(model: nn.Module, images: int, in_shape: tuple[int, int, int] = (1, 28, 28)) -> int:
+    """Training compute of ``images`` images seen (forward + backward, 3x ``forward_flops``).
+
+    >>> from mnistlab.models import mlp
+    >>> training_flops(mlp(), 60000) / 1e12  # TFLOP of one epoch of the lesson's MLP
+    0.03658752
+    """
+    return 3 * forward_flops(model, in_shape) * images

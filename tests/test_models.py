@@ -53,3 +53,18 @@ def test_config_names_every_model_preset() -> None:
     from mnistlab.models import MODELS
 
     assert tuple(MODELS) == MODEL_NAMES
+
+
+def test_forward_flops_count_convolutions_and_dense_layers_by_hand() -> None:
+    from torch import nn
+
+    from mnistlab.models import forward_flops, training_flops
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(8 * 12 * 12, 10))  # fmt: skip
+    conv1 = 2 * (4 * 28 * 28) * (1 * 3 * 3)
+    conv2 = 2 * (8 * 12 * 12) * (2 * 3 * 3)  # two groups: each output sees half the input channels
+    dense = 2 * 10 * (8 * 12 * 12)
+    assert forward_flops(net) == conv1 + conv2 + dense
+    assert training_flops(net, 1000) == 3 * 1000 * (conv1 + conv2 + dense)
+    assert net.training  # counted in eval mode, handed back as it came
