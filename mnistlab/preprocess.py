@@ -61,18 +61,18 @@ FLAT_BORDER = 0.025
 # -- reading pictures -------------------------------------------------------------------------------
 
 
-def read_image(src: ImageSource, name: str | None = None) -> Image.Image:
+def read_image(src: ImageSource, name: str | None = None, *, gray: bool = False) -> Image.Image:
     """Decode a path, encoded bytes, an array or a PIL image into a loaded PIL image, upright (EXIF).
 
     The one safe decoder, :func:`mnistlab.imaging.open_image`: not-images, truncated files, decompression
     bombs, folders, FIFOs and devices are refused with ``ImageError`` naming ``name`` (or the path); a
     big JPEG is decoded at a scale still larger than the working size (its size in the file is then in
-    ``info[FULL_SIZE]``).
+    ``info[FULL_SIZE]``). ``gray``: only the gray picture is needed (a colour JPEG is decoded to its luma).
 
     >>> read_image(np.zeros((5, 7), np.uint8)).size
     (7, 5)
     """
-    return imaging.open_image(src, name, size=(WORK_SIDE, WORK_SIDE))
+    return imaging.open_image(src, name, size=(WORK_SIDE, WORK_SIDE), gray=gray)
 
 
 # -- the prepared input --------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def prepare_image(
     if kind not in KINDS:
         raise ImageError(f"unknown preprocessing kind {kind!r} (choose from {', '.join(KINDS)})")
     where = name or (str(src) if isinstance(src, str | os.PathLike) else "image")
-    im = read_image(src, where)
+    im = read_image(src, where, gray=kind != "plain" or channels == 1)
     if kind == "plain":
         return _prepare_plain(im, size, channels)
     gray, scale = _work_gray(im, kind, where)
@@ -271,9 +271,14 @@ def _grow(mask: np.ndarray, r: int = 1) -> np.ndarray:
 def _prepare_digit(gray: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None) -> Prepared:
     w0, h0 = full
     notes: list[str] = []
-    inverted = _ink_is_dark(gray)
+    border = _border(gray)
+    lo, hi = np.percentile(border, [5, 95])
+    # A flat border (a canvas, a scan, an MNIST image) is the paper: the ink is whichever side of it holds
+    # more. Otherwise (a photo) the ink is found against the local median (_ink_is_dark).
+    flat = hi - lo < FLAT_BORDER
+    inverted = _flat_ink_is_dark(gray, float(np.median(border))) if flat else _ink_is_dark(gray)
     x = 1.0 - gray if inverted else gray
-    x = np.maximum(x - _background(x), 0)  # uneven lighting, paper shade and colour go here
+    x = np.maximum(x - _background(x, 1.0 - border if inverted else border), 0)  # uneven light, paper shade
     x = _blur3(x)
     soft, keep, (r0, c0), reason = _find_ink(x)  # cut to the kept pieces: a few thousand pixels
     empty = Prepared(np.zeros((SIDE, SIDE), np.uint8), "digit", (w0, h0), inverted, empty=True, notes=[reason])
@@ -313,6 +318,23 @@ def _ink_is_dark(g: np.ndarray) -> bool:
     return dark > bright
 
 
+def _flat_ink_is_dark(g: np.ndarray, paper: float) -> bool:
+    """True for dark ink on a flat paper of level ``paper``: more lies below it than above (every other
+    pixel: the same sums, a quarter of the work)."""
+    half = g[::2, ::2]
+    dark = float(np.maximum(paper - half, 0).sum())
+    bright = float(np.maximum(half - paper, 0).sum())
+    return dark >= bright
+
+
+def _border(g: np.ndarray) -> np.ndarray:
+    """The band 4% wide around the picture, every other pixel (plenty for its percentiles)."""
+    h, w = g.shape
+    m = max(2, round(0.04 * min(h, w)))
+    band = (g[:m:2, ::2], g[-m::2, ::2], g[::2, :m:2], g[::2, -m::2])
+    return np.concatenate([b.ravel() for b in band])
+
+
 def _thumb_filter(x: np.ndarray, radius: float, how: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """A rank filter with a window of ``radius`` × the picture's longest side, run on a thumbnail (so
     it costs the same for any picture), smoothed and enlarged back to ``x``'s size (or ``shape``).
@@ -347,8 +369,8 @@ def _thumb_filter(x: np.ndarray, radius: float, how: str, shape: tuple[int, ...]
     return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _background(x: np.ndarray) -> np.ndarray | float:
-    """The (dark) background under bright ink.
+def _background(x: np.ndarray, border: np.ndarray) -> np.ndarray | float:
+    """The (dark) background under bright ink (``border``: :func:`_border` of ``x``).
 
     A picture whose border is evenly lit (a canvas, a scan, an MNIST image) has a flat background:
     its level, taken from the border. Otherwise (a photo) a smooth estimate: a grey opening with a
@@ -356,10 +378,6 @@ def _background(x: np.ndarray) -> np.ndarray | float:
     gradients, which it keeps. The opening is not used on flat pictures because a bold digit filling
     the frame has blobs of ink wider than its window, which it would take for background.
     """
-    h, w = x.shape
-    m = max(2, round(0.04 * min(h, w)))
-    band = (x[:m:2, ::2], x[-m::2, ::2], x[::2, :m:2], x[::2, -m::2])  # every other pixel is plenty
-    border = np.concatenate([b.ravel() for b in band])
     lo, hi = np.percentile(border, [5, 90])
     if hi - lo < FLAT_BORDER:
         return float(lo)  # a lower envelope, like the opening: the paper's noise stays above it
@@ -391,10 +409,11 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
         return x, None, (0, 0), "the picture is blank"
     t = max(_otsu(x[::2, ::2]), base + 4 * sigma)
     mask = (x > t).view(np.uint8)
-    n, labels = cv2.connectedComponents(mask, connectivity=8)
+    # Grana's block-based labelling: the boxes come with the labels for a third of the default's cost.
+    n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_GRANA)
     if n == 1:  # label 0 is the background
         return x, None, (0, 0), "the picture is blank"
-    pieces = _Pieces(x, labels, n - 1, cv2.findNonZero(mask).reshape(-1, 2))
+    pieces = _Pieces(x, mask, labels, stats[1:])
     mass = pieces.sum(x - base)
     top, bottom, left, right = pieces.bbox.T
     local = np.zeros(n - 1)
@@ -434,24 +453,19 @@ class _Pieces:
     """The labelled pieces of a mask (0-based ``k`` for label ``k + 1``): boxes for all, from the
     labelled pixels alone; percentiles and the paper around a piece only for the pieces asked about."""
 
-    def __init__(self, x: np.ndarray, labels: np.ndarray, n: int, points: np.ndarray) -> None:
-        self.x, self.labels, self.n = x, labels, n
+    def __init__(self, x: np.ndarray, mask: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> None:
+        self.x, self.labels, self.n = x, labels, len(stats)
         self._p90: dict[int, tuple[float, float]] = {}
-        xs, ys = points[:, 0], points[:, 1]  # the labelled pixels (OpenCV's findNonZero: x, y)
-        self.lab = labels[ys, xs] - 1
-        self.ys, self.xs = ys, xs
-        # (top, bottom, left, right), inclusive; ufunc.at is one C loop over the pixels (NumPy >= 1.25).
-        h, w = labels.shape
-        self.bbox = np.empty((n, 4), ys.dtype)  # the same type as the indices: ufunc.at's fast path
-        self.bbox[:, 0], self.bbox[:, 1], self.bbox[:, 2], self.bbox[:, 3] = h, -1, w, -1
-        np.minimum.at(self.bbox[:, 0], self.lab, ys)
-        np.maximum.at(self.bbox[:, 1], self.lab, ys)
-        np.minimum.at(self.bbox[:, 2], self.lab, xs)
-        np.maximum.at(self.bbox[:, 3], self.lab, xs)
+        on = mask.view(bool)
+        self.lab = labels[on] - 1  # the labelled pixels' pieces, and (in sum) their values
+        self.on = on
+        # (top, bottom, left, right), inclusive, from OpenCV's (left, top, width, height, area).
+        left, top, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
+        self.bbox = np.stack([top, top + h - 1, left, left + w - 1], axis=1)
 
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Sum of ``values`` over each piece."""
-        return np.bincount(self.lab, weights=values[self.ys, self.xs], minlength=self.n)
+        return np.bincount(self.lab, weights=values[self.on], minlength=self.n)
 
     def _box(self, k: int, pad: int = 0) -> tuple[slice, slice]:
         top, bottom, left, right = (int(v) for v in self.bbox[k])
