@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnistlab import preprocess
 from mnistlab.datasets import mnist
 from mnistlab.errors import CheckpointError, ImageError
 from mnistlab.photolike import draw_digit, photo_set
 from mnistlab.predict import PARALLEL_FROM, Prediction, Predictor, expand_inputs, interactive, predict_images
-from mnistlab import preprocess
 from mnistlab.preprocess import lesson_image
 from tests.helpers import ROOT, run_cli
 
