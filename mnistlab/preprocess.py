@@ -157,10 +157,11 @@ PROCESSES_FROM = 1000
 
 
 def prepare_files(
-    paths: Sequence[str], names: Sequence[str], options: dict, workers: int
+    paths: Sequence[str], names: Sequence[str], options: dict, workers: int, *, processes: bool = True
 ) -> Iterator[Prepared | ImageError]:
     """:func:`prepare_image` (with ``options``) on picture files with ``workers`` threads or, for many files
-    (:data:`PROCESSES_FROM`), processes; in order, each input or the ``ImageError`` that refused its picture.
+    (:data:`PROCESSES_FROM`, when ``processes``), processes; in order, each input or the ``ImageError``
+    that refused its picture.
 
     Processes get only paths and send back 28×28 inputs, a few files at a time. Starting them takes a
     while, so this process prepares too, from the far end of the list, while they start and take files
@@ -174,7 +175,7 @@ def prepare_files(
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # the threads or processes already fill the cores
     try:
-        if len(jobs) < PROCESSES_FROM:
+        if len(jobs) < PROCESSES_FROM or not processes:
             with ThreadPoolExecutor(workers) as pool:
                 done = list(pool.map(_prepare_chunk, chunks))
         else:
