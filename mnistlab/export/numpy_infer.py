@@ -642,7 +642,12 @@ def prepare_digit(gray: np.ndarray, thicken: bool | None = None) -> np.ndarray:
     h0, w0 = gray.shape
     scale = _work_scale(w0, h0)
     g = _resize(gray, (round(w0 * scale), round(h0 * scale))) if scale != 1 else gray
-    x = 1.0 - g if _ink_is_dark(g) else g
+    border = _border(g)
+    lo, hi = np.percentile(border, [5, 95])
+    # A flat border (a canvas, a scan) is the paper: the ink is whichever side of it holds more.
+    flat = hi - lo < FLAT_BORDER
+    dark = _flat_ink_is_dark(g, float(np.median(border))) if flat else _ink_is_dark(g)
+    x = 1.0 - g if dark else g
     x = np.clip(x - _background(x), 0, None)
     x = _blur3(x)
     soft, keep, reason = _find_ink(x)
@@ -689,6 +694,18 @@ def _resize(a: np.ndarray, size: tuple[int, int], resample: int | None = None) -
         # Area averaging when shrinking (anti-aliasing, like MNIST's), smooth interpolation when enlarging.
         resample = Image.BOX if w <= a.shape[1] and h <= a.shape[0] else Image.BICUBIC
     return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize((w, h), resample), dtype=np.float32)
+
+
+def _border(g: np.ndarray) -> np.ndarray:
+    """The band 4% wide around the picture."""
+    h, w = g.shape
+    m = max(2, round(0.04 * min(h, w)))
+    return np.concatenate([g[:m].ravel(), g[-m:].ravel(), g[:, :m].ravel(), g[:, -m:].ravel()])
+
+
+def _flat_ink_is_dark(g: np.ndarray, paper: float) -> bool:
+    """True for dark ink on a flat paper of level ``paper``: more lies below it than above."""
+    return float(np.maximum(paper - g, 0).sum()) >= float(np.maximum(g - paper, 0).sum())
 
 
 def _ink_is_dark(g: np.ndarray) -> bool:
@@ -741,10 +758,7 @@ def _background(x: np.ndarray) -> np.ndarray | float:
     gradients, which it keeps. The opening is not used on flat pictures because a bold digit filling
     the frame has blobs of ink wider than its window, which it would take for background.
     """
-    h, w = x.shape
-    m = max(2, round(0.04 * min(h, w)))
-    border = np.concatenate([x[:m].ravel(), x[-m:].ravel(), x[:, :m].ravel(), x[:, -m:].ravel()])
-    lo, hi = np.percentile(border, [5, 90])
+    lo, hi = np.percentile(_border(x), [5, 90])
     if hi - lo < FLAT_BORDER:
         return float(lo)  # a lower envelope, like the opening: the paper's noise stays above it
     return _thumb_filter(x, 0.1, "opening")
