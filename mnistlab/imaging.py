@@ -260,6 +260,33 @@ def _opaque(im: Image.Image) -> bool:
     return im.getchannel("A").getextrema() == (255, 255)
 
 
+_paste_shares: bool | None = None  # whether pasting into an image made by frombuffer writes the array
+
+
+def gray_array(im: Image.Image) -> np.ndarray:
+    """An ``L`` image's pixels as a new uint8 array ``(H, W)``.
+
+    ``np.asarray`` runs Pillow's raw encoder over the pixels (0.25 ms for a 600×640 photo); a paste into
+    an image that shares a NumPy array's memory is a plain copy, a tenth of that. The first call checks
+    the two agree; if a Pillow version ever stops sharing the memory, ``np.asarray`` from then on.
+
+    >>> gray_array(Image.new("L", (3, 2), 7)).tolist()
+    [[7, 7, 7], [7, 7, 7]]
+    """
+    global _paste_shares
+    if im.mode != "L" or _paste_shares is False:
+        return np.array(im.convert("L") if im.mode != "L" else im)
+    buf = np.empty((im.height, im.width), np.uint8)
+    target = Image.frombuffer("L", im.size, buf, "raw", "L", 0, 1)
+    target.readonly = False  # frombuffer's image is marked read-only; its memory is our new array
+    target.paste(im, (0, 0))
+    if _paste_shares is None:
+        _paste_shares = bool(np.array_equal(buf, np.asarray(im)))
+        if not _paste_shares:
+            return np.array(im)
+    return buf
+
+
 def to_gray(im: Image.Image) -> np.ndarray:
     """Gray as float32 0..1 (1 = white), by :func:`flatten`'s rules (transparent parts are white paper).
 
@@ -389,6 +416,7 @@ __all__ = [
     "check_pixels",
     "decode",
     "flatten",
+    "gray_array",
     "open_image",
     "read_file",
     "refusal",

@@ -271,11 +271,11 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
     gray8 = imaging.flatten(im, "gray", where)
     if scale < 1:
         k = min(w0 // size[0], h0 // size[1])
-        small = np.asarray(gray8.reduce(k) if k >= 2 else gray8)
+        small = imaging.gray_array(gray8.reduce(k) if k >= 2 else gray8)
         if small.shape != size[::-1]:
             small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
         return np.multiply(small, np.float32(1 / 255), dtype=np.float32), scale
-    gray = np.multiply(np.asarray(gray8), np.float32(1 / 255), dtype=np.float32)
+    gray = np.multiply(imaging.gray_array(gray8), np.float32(1 / 255), dtype=np.float32)
     return (_resize(gray, size) if scale != 1 else gray), scale
 
 
@@ -419,9 +419,9 @@ def _thumb_filter(x: np.ndarray, radius: float, how: str, shape: tuple[int, ...]
     # Continue the picture past its edges as a mirrored slope: with plain edge copies, light that
     # brightens towards an edge would be under-estimated there and leave a band that looks like ink.
     if min(small.shape) > pad:
-        padded = np.pad(small, pad, mode="reflect", reflect_type="odd")
+        padded = _odd_reflect(_odd_reflect(small, pad, 0), 0, pad)  # rows, then columns, as np.pad does
     else:
-        padded = np.pad(small, pad, mode="edge")
+        padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     if how == "median":
         # OpenCV's median takes windows this large only in 8 bits: 1/255 steps are finer than the noise
         # this is compared with, and the mirrored slope is cut at black and white.
@@ -435,6 +435,13 @@ def _thumb_filter(x: np.ndarray, radius: float, how: str, shape: tuple[int, ...]
     out = _blur3(_blur3(np.ascontiguousarray(out, dtype=np.float32)))
     h, w = shape or (h, w)
     return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _odd_reflect(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``np.pad(a, ((rows, rows), (cols, cols)), mode="reflect", reflect_type="odd")`` from OpenCV's
+    borders (a tenth of the cost): the edge value plus its difference to the mirrored one."""
+    edge = cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REPLICATE)
+    return 2 * edge - cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REFLECT_101)
 
 
 def _background(x: np.ndarray, border: np.ndarray) -> np.ndarray | float:
