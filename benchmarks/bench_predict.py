@@ -2,7 +2,7 @@
 
 **Speed.** Phone-like photos of 500-800 px a side (JPEG) and 280×280 canvas drawings (PNG, what the web page
 sends), per picture: decoding, preparing (the photo recipe) and the model, one picture at a time in one
-process; then ``predict`` on a folder of the photos (``Predictor.predict``: parallel processes, batches).
+process; then ``predict`` on a folder of the photos (``Predictor.predict``: threads, batches).
 Times are CPU seconds of this process (``time.process_time``: on a shared machine wall-clock time measures
 the neighbours too), except the folder, which is wall-clock (it runs on every core).
 
@@ -159,7 +159,7 @@ def speed(predictor, before: ModuleType | None, n: int) -> None:
         got = predict_images(predictor.loaded.path, [folder], errors="keep")
         new_rate = len(got) / (time.perf_counter() - t)
         print(f"\npredict on a folder of {n} photos (wall-clock, load average {os.getloadavg()[0]:.1f}):")
-        print(f"  now     {new_rate:7.1f} photos/s  (parallel processes, batches of the model)")
+        print(f"  now     {new_rate:7.1f} photos/s  (prepared in threads, batches of the model)")
         if before is not None:
             files = sorted(folder.iterdir())
             t = time.perf_counter()
