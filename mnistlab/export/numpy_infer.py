@@ -621,6 +621,7 @@ class NumpyModel:
 # Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
 WORK_SIDE = 384
 LOW_SIDE = 128  # smaller pictures are enlarged to this (see _work_scale)
+DRAFT_SIDE = 256  # JPEGs are decoded at 1/2, 1/4 or 1/8 scale when still this large (as preprocess does)
 # MNIST's recipe: the digit fills a 20×20 box, its centre of mass at pixel (14, 14) of 28×28.
 BOX = 20
 SIDE = 28
@@ -995,7 +996,7 @@ def load_gray(path: str | os.PathLike[str]) -> np.ndarray:
     """An image file → its luma, float32 ``(H, W)`` in 0..1 (1 = white), by :func:`decode_image`'s rules
     (upright, transparent parts on white paper; a big JPEG decoded at 1/2, 1/4 or 1/8 scale, still
     larger than the recipe's working size) (needs Pillow)."""
-    return decode_image(path, "gray", size=(WORK_SIDE, WORK_SIDE)).astype(np.float32) / np.float32(255.0)
+    return decode_image(path, "gray", size=(DRAFT_SIDE, DRAFT_SIDE)).astype(np.float32) / np.float32(255.0)
 
 
 def preparation_for(meta: dict) -> str:

@@ -284,13 +284,13 @@ def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
     """Refuse a picture larger than ``max_pixels`` from its header alone, before any pixel is decoded."""
     from PIL import Image
 
-    from mnistlab.preprocess import WORK_SIDE
+    from mnistlab.preprocess import DRAFT_SIDE
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             full = im.size
             if im.format == "JPEG":
-                im.draft(im.mode, (WORK_SIDE, WORK_SIDE))  # as preprocess decodes it: reduced
+                im.draft(im.mode, (DRAFT_SIDE, DRAFT_SIDE))  # as preprocess decodes it: reduced
             w, h = im.size
     except Exception:  # not an image, or a header PIL refuses: the decoder says why, in one line
         return
