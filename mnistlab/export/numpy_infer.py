@@ -621,6 +621,7 @@ class NumpyModel:
 # Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
 WORK_SIDE = 384
 LOW_SIDE = 128  # smaller pictures are enlarged to this (see _work_scale)
+FLAT_SIDE = 200  # a clean picture (flat border: a canvas, a scan) is worked at most this large
 DRAFT_SIDE = 256  # JPEGs are decoded at 1/2, 1/4 or 1/8 scale when still this large (as preprocess does)
 # MNIST's recipe: the digit fills a 20×20 box, its centre of mass at pixel (14, 14) of 28×28.
 BOX = 20
@@ -642,6 +643,10 @@ def prepare_digit(gray: np.ndarray, thicken: bool | None = None) -> np.ndarray:
     is no digit."""
     h0, w0 = gray.shape
     scale = _work_scale(w0, h0)
+    if max(w0, h0) * scale > FLAT_SIDE:
+        lo, hi = np.percentile(_border(gray), [5, 95])
+        if hi - lo < FLAT_BORDER:  # a clean picture: worked at most FLAT_SIDE, as preprocess does
+            scale = FLAT_SIDE / max(w0, h0)
     g = _resize(gray, (round(w0 * scale), round(h0 * scale))) if scale != 1 else gray
     border = _border(g)
     lo, hi = np.percentile(border, [5, 95])
