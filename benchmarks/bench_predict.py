@@ -2,7 +2,7 @@
 
 **Speed.** Phone-like photos of 500-800 px a side (JPEG) and 280×280 canvas drawings (PNG, what the web page
 sends), per picture: decoding, preparing (the photo recipe) and the model, one picture at a time in one
-process; then ``predict`` on a folder of the photos (``Predictor.predict``: parallel processes, batches).
+process; then ``predict`` on a folder of the photos (``Predictor.predict``: threads, batches).
 Times are CPU seconds of this process (``time.process_time``: on a shared machine wall-clock time measures
 the neighbours too), except the folder, which is wall-clock (it runs on every core).
 
@@ -133,15 +133,21 @@ def speed(predictor, before: ModuleType | None, n: int) -> None:
     prepared = [predictor.prepare(p) for p in photos[:n]]
     batch_ms = _cpu_ms(lambda _: predictor.predict_prepared(prepared), [0]) / len(prepared)
     print(f"\nper picture, CPU ms of one process (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-    header = f"{'pictures':<28} {'decode':>7} {'prepare':>8} {'before':>7} {'ratio':>6} {'prep/dec':>8} {'model':>6}"
+    print("(decode: as the pipeline decodes, a colour JPEG straight to gray; 'before': the code before issue 19,")
+    print(" its own decode and prepare; total: decode + prepare)")
+    header = (f"{'pictures':<28} {'decode':>7} {'prepare':>8} {'prep/dec':>8} {'total':>6} │ {'decode':>7} {'prepare':>8}"
+              f" {'total':>6} │ {'total now/before':>16} {'model':>6}")  # fmt: skip
+    print(f"{'':<28} {'now':-^32} │ {'before':-^24} │")
     print(header)
     print("-" * len(header))
     for name, items in ((f"{n} photos, 500-800 px JPEG", photos), (f"{n} canvas PNGs, 280×280", canvas)):
-        decode = _cpu_ms(preprocess.read_image, items)
+        decode = _cpu_ms(lambda p: preprocess.read_image(p, gray=True), items)
         prepare = _cpu_ms(predictor.prepare, items) - decode
-        old = _cpu_ms(before.prepare_image, items) - _cpu_ms(before.read_image, items) if before else float("nan")
-        print(f"{name:<28} {decode:7.2f} {prepare:8.2f} {old:7.2f} {old / prepare:5.1f}x {prepare / decode:7.1f}x "
-              f"{model_ms:6.2f}")  # fmt: skip
+        old_decode = _cpu_ms(before.read_image, items) if before else float("nan")
+        old = _cpu_ms(before.prepare_image, items) - old_decode if before else float("nan")
+        print(f"{name:<28} {decode:7.2f} {prepare:8.2f} {prepare / decode:7.1f}x {decode + prepare:6.2f} │ "
+              f"{old_decode:7.2f} {old:8.2f} {old_decode + old:6.2f} │ "
+              f"{(old_decode + old) / (decode + prepare):15.1f}x {model_ms:6.2f}")  # fmt: skip
     print(f"  (model: one picture per call; in batches of {len(prepared)} it is {batch_ms:.3f} ms a picture)")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +159,7 @@ def speed(predictor, before: ModuleType | None, n: int) -> None:
         got = predict_images(predictor.loaded.path, [folder], errors="keep")
         new_rate = len(got) / (time.perf_counter() - t)
         print(f"\npredict on a folder of {n} photos (wall-clock, load average {os.getloadavg()[0]:.1f}):")
-        print(f"  now     {new_rate:7.1f} photos/s  (parallel processes, batches of the model)")
+        print(f"  now     {new_rate:7.1f} photos/s  (prepared in threads, batches of the model)")
         if before is not None:
             files = sorted(folder.iterdir())
             t = time.perf_counter()

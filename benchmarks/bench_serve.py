@@ -1,12 +1,15 @@
 """The web app under load: requests/s, p50/p99 latency and errors with 8 concurrent clients on loopback.
 
-Starts ``mnistlab serve`` as a real subprocess (as a user would) and lets 8 client threads, each with
-its own keep-alive connection, post what the page sends (a 280×280 canvas drawing as a PNG data URL in
-JSON) for ``MNISTLAB_BENCH_SECONDS`` seconds (default 20), ``REPEATS`` times; prints the median of the
-runs. The baseline, measured in the same run, is the same work without HTTP: 8 threads calling
+Starts ``mnistlab serve`` as a real subprocess (as a user would) and lets 8 clients, each with its own
+keep-alive connection, post what the page sends (a 280×280 canvas drawing as a PNG data URL in JSON) for
+``MNISTLAB_BENCH_SECONDS`` seconds (default 20), ``REPEATS`` times; prints the median of the runs. The
+clients run in ``CLIENT_PROCESSES`` processes of their own on the standard library's ``http.client``
+(a tenth of httpx's CPU a request): with httpx threads in the benchmark's process, the load generator
+itself was the limit (its GIL, one core). The baseline, measured in the same run, is the same work without HTTP: 8 threads calling
 ``Predictor.predict_one`` in-process (decode, prepare, predict), so the ratio is what serving costs.
 Clients and server share the machine's cores, as they would on a laptop. The server of the code before
-issue 19 (commit ``BASELINE``, unpacked from git) is measured in the same run on the same run folder.
+issue 19 (commit ``BASELINE``, unpacked from git) is measured in the same run, serving the same fast MLP
+trained by that code (it cannot read today's checkpoints).
 
 Model: the fast preset trained here in seconds, or ``MNISTLAB_BENCH_RUN=RUN`` (e.g. a CNN run).
 
@@ -35,6 +38,7 @@ from pathlib import Path
 from benchmarks.bench_predict import BASELINE, ROOT, baseline_tree
 
 CLIENTS = 8
+CLIENT_PROCESSES = 2
 REPEATS = 3
 
 
@@ -56,7 +60,9 @@ def _start(run: Path, code: Path = ROOT) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "mnistlab", "serve", str(run), "--port", str(port), "--quiet"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # cwd: ``python -m`` puts the working folder first on sys.path, before PYTHONPATH (from this checkout,
+    # the "before" server would import today's package).
+    proc = subprocess.Popen(cmd, env=env, cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -99,18 +105,61 @@ def _load(fn, seconds: float, clients: int = CLIENTS) -> tuple[int, list[float],
     return len(latencies), latencies, errors[0]
 
 
-class _Http:
-    def __init__(self, base: str, body: bytes) -> None:
-        self.base, self.body = base, body
+def _post_loop(base: str, body: bytes, seconds: float, threads: int) -> tuple[list[float], int]:
+    """One client process: ``threads`` keep-alive connections posting ``body`` for ``seconds``."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
 
-    def open(self):
-        import httpx
+    where = urlsplit(base)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    headers = {"content-type": "application/json", "content-length": str(len(body))}
 
-        return httpx.Client(base_url=self.base, timeout=30, headers={"content-type": "application/json"})
+    def client() -> None:
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        mine, bad = [], 0
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/api/predict", body, headers)
+                r = conn.getresponse()
+                ok = r.status == 200 and json.loads(r.read())["class"] == "5"
+            except Exception:
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+            mine.append(time.perf_counter() - t)
+            bad += not ok
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            errors[0] += bad
 
-    def __call__(self, client) -> bool:
-        r = client.post("/api/predict", content=self.body)
-        return r.status_code == 200 and r.json()["class"] == "5"
+    pool = [threading.Thread(target=client) for _ in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    return latencies, errors[0]
+
+
+def _http_load(base: str, body: bytes, seconds: float, clients: int = CLIENTS) -> tuple[int, list[float], int]:
+    """``clients`` keep-alive connections from ``CLIENT_PROCESSES`` processes: (requests, latencies, errors)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    procs = max(1, min(CLIENT_PROCESSES, clients))
+    share = [clients // procs + (i < clients % procs) for i in range(procs)]
+    with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for _ in pool.map(int, range(procs)):  # start them before the clock starts
+            pass
+        parts = [pool.submit(_post_loop, base, body, seconds, n) for n in share]
+        results = [p.result() for p in parts]
+    latencies = [v for lat, _ in results for v in lat]
+    return len(latencies), latencies, sum(bad for _, bad in results)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -137,7 +186,7 @@ def load_mode(clients: int, seconds: float) -> int:
             train_run(from_preset("fast"), run, verbose=0)
         proc, base = _start(run)
         try:
-            n, lat, bad = _load(_Http(base, body), seconds, clients)
+            n, lat, bad = _http_load(base, body, seconds, clients)
             peak = _peak_rss_mb(proc.pid)
             alive = proc.poll() is None
         finally:
@@ -186,8 +235,9 @@ def main(argv: list[str] | None = None) -> None:
 
         results = {"now": _serve(run, ROOT, body, seconds)}
         tree = baseline_tree(Path(tmp) / "baseline")
-        if tree is not None:
-            results["before"] = _serve(run, tree, body, seconds)
+        old_run = _train_with(tree, Path(tmp) / "mlp-before") if tree is not None else None
+        if old_run is not None:
+            results["before"] = _serve(old_run, tree, body, seconds)
     base_med = statistics.median(base_rps)
     print(f"\n{CLIENTS} clients × {seconds:.0f} s on loopback, median of {REPEATS} runs, model: {model}")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; 'before' is commit {BASELINE}")
@@ -202,13 +252,24 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def _train_with(code: Path, out: Path) -> Path | None:
+    """The fast preset trained by the package in ``code`` (a real ``mnistlab train``), or None if it fails."""
+    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "mnistlab", "train", "--preset", "fast", "--out", str(out), "--quiet"]
+    done = subprocess.run(cmd, env=env, cwd=code, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        print(f"(the code before could not train its model, so its server is not measured: {done.stderr[-300:]})")
+        return None
+    return out
+
+
 def _serve(run: Path, code: Path, body: bytes, seconds: float) -> tuple[float, float, float, int, int]:
     """Median requests/s, p50 and p99 latency (ms) over ``REPEATS`` loads, errors and requests in all."""
     proc, base = _start(run, code)
     try:
         rows = []
         for i in range(REPEATS):
-            n, lat, bad = _load(_Http(base, body), seconds)
+            n, lat, bad = _http_load(base, body, seconds)
             rows.append((n / seconds, _pct(lat, 0.5) * 1e3, _pct(lat, 0.99) * 1e3, bad, n))
             print(f"{'now' if code == ROOT else 'before'} run {i + 1}: {rows[-1][0]:.1f} req/s, p50 {rows[-1][1]:.1f} ms, "
                   f"p99 {rows[-1][2]:.1f} ms, {bad} errors of {n}", flush=True)  # fmt: skip

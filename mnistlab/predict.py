@@ -25,8 +25,9 @@ from mnistlab.preprocess import KINDS, ImageSource, Prepared, kind_for, prepare_
 from mnistlab.runfolder import RunFolder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-# From this many picture files on, they are prepared in parallel processes (starting one costs ~0.3 s).
-PARALLEL_FROM = 64
+# From this many picture files on, they are prepared in parallel (threads; processes for very many: see
+# mnistlab.preprocess.PROCESSES_FROM).
+PARALLEL_FROM = 16
 BATCH = 512  # pictures the model sees at once
 
 
@@ -144,9 +145,9 @@ class Predictor:
         """One :class:`Prediction` per picture. ``errors="keep"`` records a bad picture's error in its
         Prediction and goes on; ``"raise"`` (the default) raises the first ``ImageError``.
 
-        Many picture files (:data:`PARALLEL_FROM` or more) are prepared in ``workers`` processes (default:
-        one per core, except in a plain script: see :func:`_spawn_is_safe`), and the model sees them
-        in batches of :data:`BATCH`.
+        Many picture files (:data:`PARALLEL_FROM` or more) are prepared by ``workers`` threads or, for
+        very many, processes (default: one per core; threads only in a plain script: see
+        :func:`_spawn_is_safe`), and the model sees them in batches of :data:`BATCH`.
         """
         if errors not in ("raise", "keep"):
             raise ConfigError(f"errors must be 'raise' or 'keep', got {errors!r}")
@@ -180,10 +181,12 @@ class Predictor:
     ) -> Iterator[Prepared | ImageError]:
         """Each picture's model input, or the ``ImageError`` that refused it, in order."""
         options = self._options()
-        workers = workers if workers is not None else _cores() if _spawn_is_safe() else 1
+        processes = workers is not None or _spawn_is_safe()
+        workers = workers if workers is not None else _cores()
         files = all(isinstance(s, str | os.PathLike) for s in sources)
         if workers > 1 and files and len(sources) >= PARALLEL_FROM:
-            yield from prepare_files([os.fspath(s) for s in sources], names, options, workers)  # type: ignore[arg-type]
+            paths = [os.fspath(s) for s in sources]
+            yield from prepare_files(paths, names, options, workers, processes=processes)  # type: ignore[arg-type]
             return
         for src, name in zip(sources, names, strict=True):
             try:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnistlab import preprocess
 from mnistlab.datasets import mnist
 from mnistlab.errors import CheckpointError, ImageError
 from mnistlab.photolike import draw_digit, photo_set
@@ -198,9 +199,12 @@ def test_default_cnn_reaches_95_percent_on_photo_like_digits(tmp_path) -> None:
 # -- folders in parallel, and the copy-anywhere NumPy runner -----------------------------------------
 
 
-def test_a_folder_prepared_in_worker_processes_equals_one_by_one(mlp_run, photos, tmp_path) -> None:
+@pytest.mark.parametrize("how", ["threads", "processes"])
+def test_a_folder_prepared_in_parallel_equals_one_by_one(mlp_run, photos, tmp_path, monkeypatch, how) -> None:
     data, labels = photos
-    n = PARALLEL_FROM + 6  # enough files to start the worker processes
+    n = PARALLEL_FROM + 6  # enough files to prepare them in parallel
+    if how == "processes":  # worker processes from this many files on (and this process takes a share)
+        monkeypatch.setattr(preprocess, "PROCESSES_FROM", n)
     for i in range(n):
         (tmp_path / f"p{i:03d}_{labels[i]}.jpg").write_bytes(data[i])
     (tmp_path / "p999_notes.png").write_text("not a picture")

@@ -697,6 +697,8 @@ class NumpyModel:
 # Pictures are analysed at most this large; a phone photo holds far more detail than 28×28 needs.
 WORK_SIDE = 384
 LOW_SIDE = 128  # smaller pictures are enlarged to this (see _work_scale)
+FLAT_SIDE = 200  # a clean picture (flat border: a canvas, a scan) is worked at most this large
+DRAFT_SIDE = 256  # JPEGs are decoded at 1/2, 1/4 or 1/8 scale when still this large (as preprocess does)
 # MNIST's recipe: the digit fills a 20×20 box, its centre of mass at pixel (14, 14) of 28×28.
 BOX = 20
 SIDE = 28
@@ -717,8 +719,17 @@ def prepare_digit(gray: np.ndarray, thicken: bool | None = None) -> np.ndarray:
     is no digit."""
     h0, w0 = gray.shape
     scale = _work_scale(w0, h0)
+    if max(w0, h0) * scale > FLAT_SIDE:
+        lo, hi = np.percentile(_border(gray), [5, 95])
+        if hi - lo < FLAT_BORDER:  # a clean picture: worked at most FLAT_SIDE, as preprocess does
+            scale = FLAT_SIDE / max(w0, h0)
     g = _resize(gray, (round(w0 * scale), round(h0 * scale))) if scale != 1 else gray
-    x = 1.0 - g if _ink_is_dark(g) else g
+    border = _border(g)
+    lo, hi = np.percentile(border, [5, 95])
+    # A flat border (a canvas, a scan) is the paper: the ink is whichever side of it holds more.
+    flat = hi - lo < FLAT_BORDER
+    dark = _flat_ink_is_dark(g, float(np.median(border))) if flat else _ink_is_dark(g)
+    x = 1.0 - g if dark else g
     x = np.clip(x - _background(x), 0, None)
     x = _blur3(x)
     soft, keep, reason = _find_ink(x)
@@ -765,6 +776,18 @@ def _resize(a: np.ndarray, size: tuple[int, int], resample: int | None = None) -
         # Area averaging when shrinking (anti-aliasing, like MNIST's), smooth interpolation when enlarging.
         resample = Image.BOX if w <= a.shape[1] and h <= a.shape[0] else Image.BICUBIC
     return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize((w, h), resample), dtype=np.float32)
+
+
+def _border(g: np.ndarray) -> np.ndarray:
+    """The band 4% wide around the picture."""
+    h, w = g.shape
+    m = max(2, round(0.04 * min(h, w)))
+    return np.concatenate([g[:m].ravel(), g[-m:].ravel(), g[:, :m].ravel(), g[:, -m:].ravel()])
+
+
+def _flat_ink_is_dark(g: np.ndarray, paper: float) -> bool:
+    """True for dark ink on a flat paper of level ``paper``: more lies below it than above."""
+    return float(np.maximum(paper - g, 0).sum()) >= float(np.maximum(g - paper, 0).sum())
 
 
 def _ink_is_dark(g: np.ndarray) -> bool:
@@ -817,10 +840,7 @@ def _background(x: np.ndarray) -> np.ndarray | float:
     gradients, which it keeps. The opening is not used on flat pictures because a bold digit filling
     the frame has blobs of ink wider than its window, which it would take for background.
     """
-    h, w = x.shape
-    m = max(2, round(0.04 * min(h, w)))
-    border = np.concatenate([x[:m].ravel(), x[-m:].ravel(), x[:, :m].ravel(), x[:, -m:].ravel()])
-    lo, hi = np.percentile(border, [5, 90])
+    lo, hi = np.percentile(_border(x), [5, 90])
     if hi - lo < FLAT_BORDER:
         return float(lo)  # a lower envelope, like the opening: the paper's noise stays above it
     return _thumb_filter(x, 0.1, "opening")
@@ -1057,7 +1077,7 @@ def load_gray(path: str | os.PathLike[str]) -> np.ndarray:
     """An image file → its luma, float32 ``(H, W)`` in 0..1 (1 = white), by :func:`decode_image`'s rules
     (upright, transparent parts on white paper; a big JPEG decoded at 1/2, 1/4 or 1/8 scale, still
     larger than the recipe's working size) (needs Pillow)."""
-    return decode_image(path, "gray", size=(WORK_SIDE, WORK_SIDE)).astype(np.float32) / np.float32(255.0)
+    return decode_image(path, "gray", size=(DRAFT_SIDE, DRAFT_SIDE)).astype(np.float32) / np.float32(255.0)
 
 
 def preparation_for(meta: dict) -> str:

@@ -152,15 +152,7 @@ def create_app(
         log.exception("error serving %s %s", req.method, req.url.path)
         return error(500, "internal error (see the server log)")
 
-    @app.middleware("http")
-    async def _headers(req: Request, call_next: Any) -> Any:
-        if not _host_allowed(req.headers.get("host", ""), allowed):
-            # DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends its own Host.
-            response = error(400, "Host header not allowed (start the server with --allow-host NAME to add one)")
-        else:
-            response = await call_next(req)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+    app.add_middleware(_Guard, allowed=allowed)
 
     @app.api_route("/", methods=["GET", "HEAD"])
     async def index() -> Response:
@@ -216,6 +208,36 @@ def create_app(
     return app
 
 
+_RAW_SECURITY_HEADERS = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
+
+
+class _Guard:
+    """Refuses a ``Host`` header that does not name this server and adds the security headers to every
+    answer. Plain ASGI: Starlette's ``@app.middleware("http")`` wraps each request in tasks and streams,
+    which cost more than the model's answer (measured 0.4 ms a request)."""
+
+    def __init__(self, app: Any, allowed: set[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_secured(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _ in _RAW_SECURITY_HEADERS}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + _RAW_SECURITY_HEADERS}
+            await send(message)
+
+        host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+        if not _host_allowed(host, self.allowed):
+            # DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends its own Host.
+            message = "Host header not allowed (start the server with --allow-host NAME to add one)"
+            return await JSONResponse({"error": message}, status_code=400)(scope, receive, send_secured)
+        await self.app(scope, receive, send_secured)
+
+
 def _answer(pred: Prediction, kind: str, seconds: float) -> dict:
     d = pred.to_dict()
     d.pop("source", None)
@@ -262,13 +284,13 @@ def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
     """Refuse a picture larger than ``max_pixels`` from its header alone, before any pixel is decoded."""
     from PIL import Image
 
-    from mnistlab.preprocess import WORK_SIDE
+    from mnistlab.preprocess import DRAFT_SIDE
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             full = im.size
             if im.format == "JPEG":
-                im.draft(im.mode, (WORK_SIDE, WORK_SIDE))  # as preprocess decodes it: reduced
+                im.draft(im.mode, (DRAFT_SIDE, DRAFT_SIDE))  # as preprocess decodes it: reduced
             w, h = im.size
     except Exception:  # not an image, or a header PIL refuses: the decoder says why, in one line
         return
