@@ -156,6 +156,15 @@ def _cpu_ticks() -> tuple[int, int, int, int] | None:
     return total - idle, total, own, max(cpus, 1)
 
 
+def _ticks_per_second() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (AttributeError, ValueError, OSError):
+        return 100
+
+
 class CpuWatch:
     """How many cores other processes keep busy, measured over a stretch of this process's own work.
 
@@ -165,7 +174,7 @@ class CpuWatch:
     minute and counts this process too).
 
     >>> watch = CpuWatch()
-    >>> busy = watch.others_busy()  # None where the window was too short to tell, or there is no /proc
+    >>> busy = watch.others_busy()  # None where there is no /proc (not Linux)
     >>> busy is None or busy >= 0
     True
     """
@@ -176,14 +185,26 @@ class CpuWatch:
         self._start = _cpu_ticks()
 
     def others_busy(self) -> float | None:
-        end = _cpu_ticks()
-        if self._start is None or end is None:
+        """Cores busy with other processes since the watch started; None without ``/proc``.
+
+        A window shorter than ``MIN_TICKS`` (data that loads from the cache in 30 ms) is topped up by
+        waiting: the kernel counts CPU time in ticks, and a few ticks say nothing. The wait costs at most
+        about 0.1 s at the start of a run; this process uses no CPU while it waits.
+        """
+        import time
+
+        if self._start is None:
             return None
-        busy, total, own = (e - s for e, s in zip(end[:3], self._start[:3], strict=True))
-        per_cpu = total / end[3]
-        if per_cpu < self.MIN_TICKS:
-            return None
-        return max(0.0, (busy - own) / per_cpu)
+        for _ in range(4):
+            end = _cpu_ticks()
+            if end is None:
+                return None
+            busy, total, own = (e - s for e, s in zip(end[:3], self._start[:3], strict=True))
+            per_cpu = total / end[3]
+            if per_cpu >= self.MIN_TICKS:
+                return max(0.0, (busy - own) / per_cpu)
+            time.sleep((self.MIN_TICKS - per_cpu + 1) / _ticks_per_second())
+        return None
 
 
 _torch_default_threads: int | None = None
