@@ -154,17 +154,72 @@ class Predictions:
         return wrong[np.argsort(-conf, kind="stable")[: max(n, 0)]]
 
 
-def predict_run(run: str | os.PathLike[str] | RunFolder, which: str = "best") -> Predictions:
-    """A run's ``best`` (or ``last``) checkpoint's predictions on its data set's test split."""
+# Test-time augmentation: the image as it is and moved by one pixel each way (rows, columns).
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` moved ``dy`` rows down and ``dx`` columns right; what comes in is 0 (background).
+
+    >>> shifted(torch.arange(4.0).reshape(1, 1, 2, 2), 1, 0)[0, 0].tolist()
+    [[0.0, 0.0], [0.0, 1.0]]
+    """
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def predict_run(run: str | os.PathLike[str] | RunFolder, which: str = "best", tta: bool = False) -> Predictions:
+    """A run's ``best`` (or ``last``) checkpoint's predictions on its data set's test split.
+
+    ``tta``: test-time augmentation, the mean of the probabilities of the image and of its four one-pixel
+    shifts (``TTA_SHIFTS``).
+    """
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     if run.file is None:
         run.history()  # a folder that is not a run, or has no finished epoch, gets that error first
     loaded = run.load(which)
-    ds, logits = run.test_logits(which)
-    probs = torch.softmax(logits, dim=1).numpy()
+    if tta:
+        from mnistlab.inference import predict_logits
+        from mnistlab.tensors import images_to_tensor
+
+        ds = run.dataset(which)
+        x = images_to_tensor(ds.x_test)
+        probs = sum(torch.softmax(predict_logits(loaded.model, shifted(x, dy, dx)), 1) for dy, dx in TTA_SHIFTS)
+        probs = (probs / len(TTA_SHIFTS)).numpy()
+    else:
+        ds, logits = run.test_logits(which)
+        probs = torch.softmax(logits, dim=1).numpy()
     trained_on = (loaded.meta.get("dataset") or {}).get("digest")
     return Predictions(
         ds.x_test, ds.y_test, probs, loaded.class_names, source=str(loaded.path),
         meta={"epoch": loaded.meta.get("epoch"), "dataset": ds.name, "which": which,
               "same_data": trained_on in (None, "", ds.digest)},
+    )  # fmt: skip
+
+
+def ensemble(runs: list[str | os.PathLike[str] | RunFolder], which: str = "best", tta: bool = False) -> Predictions:
+    """The mean of several runs' probabilities on their (one) data set's test split, and each run's own.
+
+    ``meta["members"]`` lists each run's checkpoint and accuracy. Runs of different data sets or classes
+    are refused in one line.
+    """
+    if not runs:
+        raise ConfigError("an ensemble needs at least one run")
+    members = [predict_run(r, which, tta=tta) for r in runs]
+    first = members[0]
+    for m in members[1:]:
+        if m.meta["dataset"] != first.meta["dataset"] or m.class_names != first.class_names:
+            raise ConfigError(
+                f"{m.source}: a model of {m.meta['dataset']} ({len(m.class_names)} classes) cannot join an "
+                f"ensemble of {first.meta['dataset']} ({len(first.class_names)} classes, {first.source})"
+            )
+    probs = np.mean([m.probs for m in members], axis=0)
+    return Predictions(
+        first.x, first.y, probs, first.class_names, source=", ".join(m.source for m in members),
+        meta={"dataset": first.meta["dataset"], "which": which, "tta": tta,
+              "members": [{"checkpoint": m.source, "accuracy": m.accuracy} for m in members]},
     )  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mnistlab import plots
 from mnistlab.analysis import Predictions, load_history, predict_run
@@ -103,3 +104,59 @@ def test_predictions_check_their_shapes() -> None:
         Predictions(np.zeros((2, 28, 28), np.uint8), [0, 1], np.ones((2, 3)) / 3, ("a", "b"))
     with pytest.raises(ConfigError, match="predictions need x"):
         Predictions(np.zeros((3, 28, 28), np.uint8), [0, 1], np.ones((2, 2)) / 2, ("a", "b"))
+
+
+# -- test-time augmentation and ensembles ------------------------------------------------------------
+
+
+def test_shifts_move_the_image_and_fill_with_background() -> None:
+    from mnistlab.analysis import TTA_SHIFTS, shifted
+
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1.0  # one bright pixel in the middle
+    for dy, dx in TTA_SHIFTS:
+        moved = shifted(x, dy, dx)[0, 0]
+        assert moved.sum() == 1.0 and moved[2 + dy, 2 + dx] == 1.0
+    corner = torch.ones(1, 1, 3, 3)
+    assert shifted(corner, 0, -1)[0, 0].tolist() == [[1, 1, 0]] * 3  # what comes in is 0
+
+
+def test_tta_and_ensemble_average_probabilities(small_run: Path, mlp_run: Path, preds: Predictions) -> None:
+    from mnistlab.analysis import TTA_SHIFTS, ensemble, shifted
+    from mnistlab.inference import predict_proba
+    from mnistlab.runfolder import RunFolder
+    from mnistlab.tensors import images_to_tensor
+
+    tta = predict_run(small_run, tta=True)
+    model = RunFolder(small_run).load().model
+    x = images_to_tensor(tta.x)
+    by_hand = np.mean([predict_proba(model, shifted(x, dy, dx)) for dy, dx in TTA_SHIFTS], axis=0)
+    np.testing.assert_allclose(tta.probs, by_hand, atol=1e-6)
+    assert not np.allclose(tta.probs, preds.probs)  # the shifts do change the answers
+    assert abs(tta.accuracy - preds.accuracy) < 0.01
+
+    both = ensemble([small_run, mlp_run])
+    other = predict_run(mlp_run)
+    np.testing.assert_allclose(both.probs, (preds.probs + other.probs) / 2, atol=1e-7)
+    assert [m["accuracy"] for m in both.meta["members"]] == [preds.accuracy, other.accuracy]
+    assert both.accuracy == float((both.probs.argmax(1) == preds.y).mean())
+
+
+def test_cli_ensemble(small_run: Path, mlp_run: Path, tmp_path: Path) -> None:
+    from mnistlab.config import from_preset
+    from mnistlab.runs import train_run
+    from tests.helpers import run_cli
+
+    r = run_cli("ensemble", str(small_run), str(mlp_run), "--tta", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n"] == 10000 and out["tta"] and len(out["members"]) == 2 and 0.9 < out["accuracy"] <= 1
+    r = run_cli("ensemble", str(small_run), str(mlp_run))
+    assert r.returncode == 0 and "ensemble of 2: test accuracy" in r.stdout
+    fashion = tmp_path / "fashion"
+    train_run(
+        from_preset("fast", dataset="fashion_mnist", epochs=1, limit_train=500, limit_test=500), fashion, verbose=0
+    )
+    r = run_cli("ensemble", str(small_run), str(fashion))
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert "fashion_mnist" in r.stderr and "cannot join an ensemble of mnist" in r.stderr

@@ -21,6 +21,7 @@ COMMANDS = [
     "train",
     "runs",
     "evaluate",
+    "ensemble",
     "plot",
     "report",
     "export",
