@@ -500,11 +500,17 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
         return x, None, (0, 0), "the picture is blank"
     t = max(_otsu(x[::2, ::2]), base + 4 * sigma)
     mask = (x > t).view(np.uint8)
+    # Labelled within the ink's box and the 7 pixels of paper around it that ring_level reads (OpenCV's
+    # statistics cost ~2 ns a pixel, background included: 3x the labelling on a whole photo).
+    bc, br, bw, bh = cv2.boundingRect(mask)
+    if bw == 0:
+        return x, None, (0, 0), "the picture is blank"
+    full, (h, w) = x, x.shape
+    br, bc, be, bf = max(0, br - 7), max(0, bc - 7), min(h, br + bh + 7), min(w, bc + bw + 7)
+    x, mask = x[br:be, bc:bf], np.ascontiguousarray(mask[br:be, bc:bf])
     # Grana's block-based labelling: the boxes come with the labels for a third of the default's cost.
     n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_GRANA)
-    if n == 1:  # label 0 is the background
-        return x, None, (0, 0), "the picture is blank"
-    pieces = _Pieces(x, mask, labels, stats[1:])
+    pieces = _Pieces(x, mask, labels, stats[1:], full)
     mass = pieces.sum(x - base)
     top, bottom, left, right = pieces.bbox.T
     local = np.zeros(n - 1)
@@ -537,15 +543,15 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     level = pieces.p90(main)[1]
     lo = min(base + 3 * sigma, 0.5 * t)
     soft = np.clip((x[r0:r1, c0:c1] - lo) * (1 / max(level - lo, 1e-6)), 0, 1).astype(np.float32)
-    return soft, keep[labels[r0:r1, c0:c1]], (int(r0), int(c0)), ""
+    return soft, keep[labels[r0:r1, c0:c1]], (int(r0 + br), int(c0 + bc)), ""
 
 
 class _Pieces:
     """The labelled pieces of a mask (0-based ``k`` for label ``k + 1``): boxes for all, from the
     labelled pixels alone; percentiles and the paper around a piece only for the pieces asked about."""
 
-    def __init__(self, x: np.ndarray, mask: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> None:
-        self.x, self.labels, self.n = x, labels, len(stats)
+    def __init__(self, x: np.ndarray, mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, full: np.ndarray) -> None:
+        self.x, self.labels, self.n, self.full = x, labels, len(stats), full  # full: the picture x is cut from
         self._p90: dict[int, tuple[float, float]] = {}
         on = mask.view(bool)
         self.lab = labels[on] - 1  # the labelled pixels' pieces, and (in sum) their values
@@ -585,7 +591,7 @@ class _Pieces:
         box = self._box(k, 7)
         piece = (self.labels[box] == k + 1).view(np.uint8)
         ring = _grow(piece, 6) > _grow(piece, 3)
-        return _median(self.x[box][ring]) if ring.any() else _median(self.x)
+        return _median(self.x[box][ring]) if ring.any() else _median(self.full)
 
 
 def _stroke_width(mask: np.ndarray) -> float:
