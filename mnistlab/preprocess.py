@@ -599,8 +599,8 @@ def _stroke_width(mask: np.ndarray) -> float:
     """Mean stroke width in pixels: twice the area over the boundary (a stroke has two edges)."""
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     inner = cv2.erode(mask, cross, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    boundary = int(mask.sum()) - int(inner.sum())
-    return 2.0 * int(mask.sum()) / max(boundary, 1)
+    area = cv2.countNonZero(mask)
+    return 2.0 * area / max(area - cv2.countNonZero(inner), 1)
 
 
 def _thicken(crop: np.ndarray, width: float) -> np.ndarray:
