@@ -369,8 +369,11 @@ def _ink_is_dark(g: np.ndarray) -> bool:
     """True for dark ink on light paper. The ink is the minority: measured against the local median
     (over a third of the picture, where even a bold digit covers less than half), whichever tail of
     the pixel values stands out further is the ink, whatever the paper's shade or lighting."""
-    half = g[::2, ::2]  # every other pixel: the same statistics, a quarter of the work
-    resid = half - _thumb_filter(g, 0.15, "median", half.shape)
+    # Every fourth pixel each way: the same sums and noise, a sixteenth of the work (on 1,400 benchmark
+    # pictures the same polarity as every other pixel, the inputs within one gray level but for a
+    # centre of mass rounded the other way).
+    part = g[::4, ::4]
+    resid = part - _thumb_filter(g, 0.15, "median", part.shape)
     sigma = 1.4826 * _median(np.abs(resid[::2, ::2])) + 1e-3
     dark = float(np.maximum(-resid - 3 * sigma, 0).sum())
     bright = float(np.maximum(resid - 3 * sigma, 0).sum())
@@ -493,7 +496,7 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     and smaller pieces near it (a stroke broken by the pen); specks and dirt elsewhere go. The mask is
     None (with a reason) when there is nothing.
     """
-    sample = x[::4, ::4]  # every fourth pixel each way: the same statistics, a sixteenth of the work
+    sample = x[::8, ::8]  # every eighth pixel each way: the paper's level and noise, a 64th of the work
     base = _median(sample)
     sigma = 1.4826 * _median(np.abs(sample - base)) + 1e-4
     if float(x.max()) - base < 0.03:
