@@ -506,7 +506,7 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     # Labelled within the ink's box and the 7 pixels of paper around it that ring_level reads (OpenCV's
     # statistics cost ~2 ns a pixel, background included: 3x the labelling on a whole photo).
     bc, br, bw, bh = cv2.boundingRect(mask)
-    if bw == 0:
+    if bw == 0:  # (kept out of labelling: its one label would be the background)
         return x, None, (0, 0), "the picture is blank"
     full, (h, w) = x, x.shape
     br, bc, be, bf = max(0, br - 7), max(0, bc - 7), min(h, br + bh + 7), min(w, bc + bw + 7)
@@ -514,19 +514,36 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     # Grana's block-based labelling: the boxes come with the labels for a third of the default's cost.
     n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_GRANA)
     pieces = _Pieces(x, mask, labels, stats[1:], full)
-    mass = pieces.sum(x - base)
+    if n == 2:  # one piece (a drawing, most photos): nothing to weigh or choose between, the same answer
+        main, keep, best = 0, None, pieces.contrast(0) - pieces.ring_level(0)
+        strong = best >= STRONG_INK * sigma
+    else:
+        main, keep, best = _choose(pieces, x - base, base, sigma)
+        strong = keep is not None
+    if not strong:
+        return full, None, (0, 0), f"nothing stands out from the paper (best contrast {best / sigma:.1f}× the noise)"
+    kept = pieces.bbox if keep is None else pieces.bbox[keep[1:] > 0]
+    r0, r1 = max(0, kept[:, 0].min() - 1), min(x.shape[0], kept[:, 1].max() + 2)
+    c0, c1 = max(0, kept[:, 2].min() - 1), min(x.shape[1], kept[:, 3].max() + 2)
+    level = pieces.p90(main)[1]
+    lo = min(base + 3 * sigma, 0.5 * t)
+    soft = np.clip((x[r0:r1, c0:c1] - lo) * (1 / max(level - lo, 1e-6)), 0, 1).astype(np.float32)
+    kept_mask = mask[r0:r1, c0:c1].copy() if keep is None else keep[labels[r0:r1, c0:c1]]
+    return soft, kept_mask, (int(r0 + br), int(c0 + bc)), ""
+
+
+def _choose(pieces: _Pieces, above: np.ndarray, base: float, sigma: float) -> tuple[int, np.ndarray | None, float]:
+    """Of several pieces (``above``: the picture less the paper's level), the digit's: the heaviest piece
+    that stands out, a 0/1 flag per label (None when no piece stands out) for it and the pieces kept
+    with it, and the best contrast over the paper around a piece."""
+    mass = pieces.sum(above)
     top, bottom, left, right = pieces.bbox.T
-    local = np.zeros(n - 1)
+    local = np.zeros(pieces.n)
     for k in np.argsort(-mass)[:8]:  # the heaviest candidates are enough
         local[k] = pieces.contrast(k) - pieces.ring_level(k)
     strong = local >= STRONG_INK * sigma
     if not strong.any():
-        return (
-            x,
-            None,
-            (0, 0),
-            f"nothing stands out from the paper (best contrast {local.max() / sigma:.1f}× the noise)",
-        )
+        return 0, None, float(local.max())
     main = int(np.argmax(np.where(strong, mass, -1)))
     size = max(bottom[main] - top[main], right[main] - left[main])
 
@@ -536,36 +553,30 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
 
     heavy = inside(size) & (mass >= 0.25 * mass[main])
     near = inside(0.3 * size) & (mass >= 0.01 * mass[main])
-    keep = np.zeros(n, np.uint8)
+    keep = np.zeros(pieces.n + 1, np.uint8)
     for k in np.nonzero(heavy | near)[0]:
         keep[1 + k] = pieces.contrast(k) - base >= 0.7 * STRONG_INK * sigma
     keep[1 + main] = 1
-    kept = pieces.bbox[keep[1:] > 0]
-    r0, r1 = max(0, kept[:, 0].min() - 1), min(x.shape[0], kept[:, 1].max() + 2)
-    c0, c1 = max(0, kept[:, 2].min() - 1), min(x.shape[1], kept[:, 3].max() + 2)
-    level = pieces.p90(main)[1]
-    lo = min(base + 3 * sigma, 0.5 * t)
-    soft = np.clip((x[r0:r1, c0:c1] - lo) * (1 / max(level - lo, 1e-6)), 0, 1).astype(np.float32)
-    return soft, keep[labels[r0:r1, c0:c1]], (int(r0 + br), int(c0 + bc)), ""
+    return main, keep, float(local.max())
 
 
 class _Pieces:
     """The labelled pieces of a mask (0-based ``k`` for label ``k + 1``): boxes for all, from the
     labelled pixels alone; percentiles and the paper around a piece only for the pieces asked about."""
 
-    def __init__(self, x: np.ndarray, mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, full: np.ndarray) -> None:
+    def __init__(
+        self, x: np.ndarray, mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, full: np.ndarray
+    ) -> None:
         self.x, self.labels, self.n, self.full = x, labels, len(stats), full  # full: the picture x is cut from
         self._p90: dict[int, tuple[float, float]] = {}
-        on = mask.view(bool)
-        self.lab = labels[on] - 1  # the labelled pixels' pieces, and (in sum) their values
-        self.on = on
+        self.on = mask.view(bool)
         # (top, bottom, left, right), inclusive, from OpenCV's (left, top, width, height, area).
         left, top, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
         self.bbox = np.stack([top, top + h - 1, left, left + w - 1], axis=1)
 
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Sum of ``values`` over each piece."""
-        return np.bincount(self.lab, weights=values[self.on], minlength=self.n)
+        return np.bincount(self.labels[self.on] - 1, weights=values[self.on], minlength=self.n)
 
     def _box(self, k: int, pad: int = 0) -> tuple[slice, slice]:
         top, bottom, left, right = (int(v) for v in self.bbox[k])
