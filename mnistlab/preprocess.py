@@ -339,8 +339,9 @@ def _prepare_digit(gray: np.ndarray, scale: float, full: tuple[int, int], thicke
     # more. Otherwise (a photo) the ink is found against the local median (_ink_is_dark).
     flat = hi - lo < FLAT_BORDER
     inverted = _flat_ink_is_dark(gray, mid) if flat else _ink_is_dark(gray)
-    x = 1.0 - gray if inverted else gray
-    x = np.maximum(x - _background(x, 1.0 - border[::-1] if inverted else border), 0)  # uneven light, paper
+    # In place (gray is _work_gray's new array): each new array of a photo's size costs its page faults.
+    x = np.subtract(1.0, gray, out=gray) if inverted else gray
+    np.maximum(np.subtract(x, _background(x, 1.0 - border[::-1] if inverted else border), out=x), 0, out=x)
     x = _blur3(x)
     soft, keep, (r0, c0), reason = _find_ink(x)  # cut to the kept pieces: a few thousand pixels
     empty = Prepared(np.zeros((SIDE, SIDE), np.uint8), "digit", (w0, h0), inverted, empty=True, notes=[reason])
