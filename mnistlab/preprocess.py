@@ -395,11 +395,10 @@ def _flat_ink_is_dark(g: np.ndarray, paper: float) -> bool:
 
 def _median(v: np.ndarray) -> float:
     """``np.median`` from one partial sort, without its checks (a third of its cost on small arrays)."""
-    v = v.ravel()
-    n, k = v.size, v.size // 2
+    n, k = v.size, v.size // 2  # axis=None: one copy of a strided sample, not two
     if n % 2:
-        return float(np.partition(v, k)[k])
-    part = np.partition(v, (k - 1, k))
+        return float(np.partition(v, k, axis=None)[k])
+    part = np.partition(v, (k - 1, k), axis=None)
     return (float(part[k - 1]) + float(part[k])) / 2
 
 
