@@ -314,7 +314,7 @@ def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
     if w <= a.shape[1] and h <= a.shape[0]:
         return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
-    return np.asarray(Image.fromarray(a, "F").resize((w, h), Image.BICUBIC), dtype=np.float32)
+    return np.array(Image.fromarray(a, "F").resize((w, h), Image.BICUBIC), dtype=np.float32)  # writable
 
 
 def _blur3(x: np.ndarray) -> np.ndarray:
