@@ -370,9 +370,10 @@ def _ink_is_dark(g: np.ndarray) -> bool:
     """True for dark ink on light paper. The ink is the minority: measured against the local median
     (over a third of the picture, where even a bold digit covers less than half), whichever tail of
     the pixel values stands out further is the ink, whatever the paper's shade or lighting."""
-    # Every fourth pixel each way: the same sums and noise, a sixteenth of the work (on 1,400 benchmark
-    # pictures the same polarity as every other pixel, the inputs within one gray level but for a
-    # centre of mass rounded the other way).
+    # Every fourth pixel each way: the same sums and noise, a sixteenth of the work. (With this and the
+    # paper's level from every eighth pixel in _find_ink, against every other and every fourth: on 1,400
+    # benchmark pictures the same polarities, 1,393 inputs within one gray level, 6 within two, and one
+    # photo's box a row taller, mean difference 2.1 of 255; the fixed pictures' figures unchanged.)
     part = g[::4, ::4]
     resid = part - _thumb_filter(g, 0.15, "median", part.shape)
     sigma = 1.4826 * _median(np.abs(resid[::2, ::2])) + 1e-3
