@@ -278,7 +278,7 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
     full = None
     if kind == "digit" and max(w0, h0) * scale > FLAT_SIDE:
         full = imaging.gray_array(gray8)
-        lo, hi = _percentiles(np.sort(_border(full).astype(np.float32)), (5, 95))  # NumPy sorts floats 10x faster
+        lo, hi = _percentiles(_Counted(_border(full)), (5, 95))
         if hi - lo < FLAT_BORDER * 255:
             scale = FLAT_SIDE / max(w0, h0)
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
@@ -403,7 +403,7 @@ def _median(v: np.ndarray) -> float:
     return (float(part[k - 1]) + float(part[k])) / 2
 
 
-def _percentiles(ordered: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+def _percentiles(ordered: np.ndarray | _Counted, qs: tuple[float, ...]) -> list[float]:
     """``np.percentile`` (linear) of an already sorted array, for several ``qs`` at the cost of none."""
     n = len(ordered)
     out = []
@@ -413,6 +413,20 @@ def _percentiles(ordered: np.ndarray, qs: tuple[float, ...]) -> list[float]:
         lo, hi = float(ordered[f]), float(ordered[min(f + 1, n - 1)])
         out.append(lo + (i - f) * (hi - lo))
     return out
+
+
+class _Counted:
+    """8-bit values in order, from their counts (NumPy sorts uint8 slowly: ~30 ns a value); only what
+    :func:`_percentiles` reads of a sorted array."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.ends = np.cumsum(np.bincount(values, minlength=256))  # value v ends before index ends[v]
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, i: int) -> int:
+        return int(np.searchsorted(self.ends, i, side="right"))
 
 
 def _border(g: np.ndarray) -> np.ndarray:
@@ -574,13 +588,14 @@ class _Pieces:
         # (top, bottom, left, right), inclusive, from OpenCV's (left, top, width, height, area).
         left, top, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
         self.bbox = np.stack([top, top + h - 1, left, left + w - 1], axis=1)
+        self._boxes = self.bbox.tolist()  # as Python ints, for slicing
 
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Sum of ``values`` over each piece."""
         return np.bincount(self.labels[self.on] - 1, weights=values[self.on], minlength=self.n)
 
     def _box(self, k: int, pad: int = 0) -> tuple[slice, slice]:
-        top, bottom, left, right = (int(v) for v in self.bbox[k])
+        top, bottom, left, right = self._boxes[k]
         h, w = self.x.shape
         return slice(max(0, top - pad), min(h, bottom + 1 + pad)), slice(max(0, left - pad), min(w, right + 1 + pad))
 
@@ -638,8 +653,8 @@ def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
     total = float(small.sum()) or 1.0
     cy = float((small.sum(1) * np.arange(sh)).sum()) / total
     cx = float((small.sum(0) * np.arange(sw)).sum()) / total
-    oy = int(np.clip(round(SIDE // 2 - cy), 0, SIDE - sh))
-    ox = int(np.clip(round(SIDE // 2 - cx), 0, SIDE - sw))
+    oy = min(max(round(SIDE // 2 - cy), 0), SIDE - sh)  # (np.clip on a number costs 15 µs)
+    ox = min(max(round(SIDE // 2 - cx), 0), SIDE - sw)
     out = np.zeros((SIDE, SIDE), np.float32)
     out[oy : oy + sh, ox : ox + sw] = small
     return (out * 255).round().astype(np.uint8)
