@@ -169,9 +169,9 @@ class CpuWatch:
     """How many cores other processes keep busy, measured over a stretch of this process's own work.
 
     Start it, do the work that comes before training anyway (loading data, building the model), then ask
-    ``others_busy()``: the CPU time every process but this one used in that window, in cores. A look that
-    costs no waiting, and one that sees a load that is there now (the 1-minute load average lags by a
-    minute and counts this process too).
+    ``others_busy()``: the CPU time every process but this one used in that window, in cores. It sees the
+    load that is there now (the 1-minute load average lags by a minute and counts this process too), and
+    costs at most ~0.1 s of waiting, only when the window was too short to count.
 
     >>> watch = CpuWatch()
     >>> busy = watch.others_busy()  # None where there is no /proc (not Linux)

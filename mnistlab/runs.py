@@ -153,6 +153,7 @@ def _train_run(config: TrainConfig | None, out: Path, resume: bool, overrides: d
         distributed.device_for(config.device, 0, nproc)  # enough GPUs? say so before starting anything
         return _launch(nproc, master_port, config, out, resume, overrides, init_from, force, verbose)
     watch = devices.CpuWatch()  # sees how busy the other processes keep the CPUs while the data loads
+    threads_before = torch.get_num_threads()  # the run sets its own count; a notebook gets its own back after
     owned = distributed.current() is None
     if force and main and not resume and _holds_anything(out):
         aside = _set_aside(out)  # the old run stays whole until the new one has its first checkpoint
@@ -175,6 +176,7 @@ def _train_run(config: TrainConfig | None, out: Path, resume: bool, overrides: d
             raise
         raise CheckpointError(f"{e.filename or out}: cannot write the run ({e.strerror})") from None
     finally:
+        torch.set_num_threads(threads_before)
         if aside is not None:
             _settle_aside(out, aside)
         elif created and not (out / ckpt.LAST).is_file():  # a new run that never saved leaves nothing behind

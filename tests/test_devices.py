@@ -232,7 +232,13 @@ def test_a_run_records_its_threads_and_a_resumed_run_keeps_them(monkeypatch, tmp
     out = tmp_path / "run"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what auto takes when it is set (torchrun sets it, too)
     config = from_preset("fast", epochs=1, limit_train=512, limit_test=256, val_split=0, schedule="constant")
-    train_run(config, out, verbose=0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert train_run(config, out, verbose=0)["threads"] == 1
+        assert torch.get_num_threads() == 2  # the caller's (a notebook's) count is given back
+    finally:
+        torch.set_num_threads(before)
     assert json.loads((out / "config.json").read_text())["threads"] == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # another load on resume: the run keeps its count all the same
     result = train_run(None, out, resume=True, overrides={"epochs": 2}, verbose=0)
