@@ -105,45 +105,41 @@ def _load(fn, seconds: float, clients: int = CLIENTS) -> tuple[int, list[float],
     return len(latencies), latencies, errors[0]
 
 
+class _Poster:
+    """A ``_load`` client posting ``body`` to the server on a keep-alive connection of its own (``open``);
+    a failed request closes the connection and the next one opens a new one."""
+
+    def __init__(self, base: str, body: bytes) -> None:
+        from urllib.parse import urlsplit
+
+        self.where, self.body = urlsplit(base), body
+        self.headers = {"content-type": "application/json", "content-length": str(len(body))}
+
+    def _connect(self):  # http.client is imported in the client process only
+        import http.client
+
+        return http.client.HTTPConnection(self.where.hostname, self.where.port, timeout=30)
+
+    def open(self) -> list:
+        return [self._connect()]
+
+    def __call__(self, conn: list) -> bool:
+        import json
+
+        try:
+            conn[0].request("POST", "/api/predict", self.body, self.headers)
+            r = conn[0].getresponse()
+            return r.status == 200 and json.loads(r.read())["class"] == "5"
+        except Exception:
+            conn[0].close()
+            conn[0] = self._connect()
+            raise
+
+
 def _post_loop(base: str, body: bytes, seconds: float, threads: int) -> tuple[list[float], int]:
     """One client process: ``threads`` keep-alive connections posting ``body`` for ``seconds``."""
-    import http.client
-    import json
-    from urllib.parse import urlsplit
-
-    where = urlsplit(base)
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-    headers = {"content-type": "application/json", "content-length": str(len(body))}
-
-    def client() -> None:
-        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
-        mine, bad = [], 0
-        while time.monotonic() < stop:
-            t = time.perf_counter()
-            try:
-                conn.request("POST", "/api/predict", body, headers)
-                r = conn.getresponse()
-                ok = r.status == 200 and json.loads(r.read())["class"] == "5"
-            except Exception:
-                ok = False
-                conn.close()
-                conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
-            mine.append(time.perf_counter() - t)
-            bad += not ok
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-            errors[0] += bad
-
-    pool = [threading.Thread(target=client) for _ in range(threads)]
-    for th in pool:
-        th.start()
-    for th in pool:
-        th.join()
-    return latencies, errors[0]
+    _, latencies, errors = _load(_Poster(base, body), seconds, threads)
+    return latencies, errors
 
 
 def _http_load(base: str, body: bytes, seconds: float, clients: int = CLIENTS) -> tuple[int, list[float], int]:

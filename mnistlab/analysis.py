@@ -183,13 +183,12 @@ def predict_run(run: str | os.PathLike[str] | RunFolder, which: str = "best", tt
         run.history()  # a folder that is not a run, or has no finished epoch, gets that error first
     loaded = run.load(which)
     if tta:
-        from mnistlab.inference import predict_logits
+        from mnistlab.inference import predict_proba
         from mnistlab.tensors import images_to_tensor
 
         ds = run.dataset(which)
         x = images_to_tensor(ds.x_test)
-        probs = sum(torch.softmax(predict_logits(loaded.model, shifted(x, dy, dx)), 1) for dy, dx in TTA_SHIFTS)
-        probs = (probs / len(TTA_SHIFTS)).numpy()
+        probs = np.mean([predict_proba(loaded.model, shifted(x, dy, dx)) for dy, dx in TTA_SHIFTS], axis=0)
     else:
         ds, logits = run.test_logits(which)
         probs = torch.softmax(logits, dim=1).numpy()

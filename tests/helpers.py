@@ -160,6 +160,13 @@ def _forked_main(argv: list[str], env: dict[str, str], cwd: str, files: tuple[st
     sys.exit(main(argv))
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with ``env`` on top, and this checkout first on ``PYTHONPATH``."""
+    full = {**os.environ, **(env or {})}
+    full["PYTHONPATH"] = str(ROOT) + os.pathsep + full.get("PYTHONPATH", "")
+    return full
+
+
 def _forkserver() -> multiprocessing.context.ForkServerContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)  # imported once, in the server; each child is a fork of it
@@ -179,8 +186,7 @@ def run_cli_forked(
         Path(files[0]).write_text(input or "", encoding="utf-8")
         for f in files[1:]:
             Path(f).touch()
-        full_env = {**os.environ, **(env or {})}
-        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env = child_env(env)
         proc = _forkserver().Process(
             target=_forked_main, args=(list(args), full_env, str(cwd or os.getcwd()), files), daemon=True
         )
@@ -205,8 +211,7 @@ def run_cli_process(
     input: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``python -m mnistlab ARGS`` in a new interpreter (``input`` is fed to its stdin)."""
-    full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env = child_env(env)
     return subprocess.run(
         [sys.executable, "-m", "mnistlab", *args],
         capture_output=True,

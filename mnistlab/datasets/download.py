@@ -25,6 +25,14 @@ from mnistlab.progress import Progbar
 CHUNK = 1 << 16
 
 
+def make_home_folder(path: Path, what: str) -> None:
+    """Create ``path`` (a folder under the data home) or say in one line why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot create the {what} ({e.strerror or e}); check MNISTLAB_HOME") from None
+
+
 def mirrors_for(spec: DatasetSpec, mirrors: list[str] | None = None) -> list[str]:
     """Mirrors to try, in order: ``mirrors`` if given, else ``$MNISTLAB_MIRRORS`` (comma-separated), else built-in."""
     if mirrors:
@@ -134,12 +142,7 @@ def _fetch_all(
     progress: bool,
     parts: list[str] | None,
 ) -> None:
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DatasetError(
-            f"{dest_dir}: cannot create the download folder ({e.strerror or e}); check MNISTLAB_HOME"
-        ) from None
+    make_home_folder(dest_dir, "download folder")
     todo = parts if parts is not None else list(PARTS.values())
     urls = mirrors_for(spec, mirrors)
     for part in todo:

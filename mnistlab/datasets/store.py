@@ -480,12 +480,7 @@ def import_dataset(name: str, src: str | os.PathLike[str]) -> Path:
         raise DatasetError(f"{src}: not a folder of IDX files nor a .npz file")
     _verify_arrays(spec, arrays, str(src))  # raises before anything is written
     dest = data_home() / spec.name
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DatasetError(
-            f"{dest}: cannot create the data set folder ({e.strerror or e}); check MNISTLAB_HOME"
-        ) from None
+    dl.make_home_folder(dest, "data set folder")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for key, part in PARTS.items():
         olds = [p for p in (dest / part, dest / f"{part}.gz") if p.is_file()]
