@@ -132,3 +132,20 @@ def test_bad_optimizer_and_fit_arguments(data) -> None:
         Trainer(mlp(), verbose=0).fit(x, y, batch_size=0)
     with pytest.raises(ConfigError, match="equal length"):
         Trainer(mlp(), verbose=0).fit(x, y[:10])
+
+
+def test_the_engine_stays_short() -> None:
+    """Issue 14's shape: ``fit`` reads in one screen (≤ 40 lines) and no engine function is over 60 lines."""
+    import ast
+    from pathlib import Path
+
+    import mnistlab.engine
+
+    lengths: dict[str, int] = {}
+    for path in Path(mnistlab.engine.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lengths[f"{path.name}:{node.lineno} {node.name}"] = node.end_lineno - node.lineno + 1
+    fit = [n for name, n in lengths.items() if name.startswith("loop.py") and name.endswith(" fit")]
+    assert fit and fit[0] <= 40, fit
+    assert max(lengths.values()) <= 60, sorted(lengths.items(), key=lambda kv: kv[1])[-3:]

@@ -107,18 +107,8 @@ class Trainer:
         self.model = (
             model.to(self.device, memory_format=torch.channels_last) if channels_last else model.to(self.device)
         )
-        if isinstance(optimizer, torch.optim.Optimizer):
-            # The optimizer's own learning rates are the base; ``lr`` is ignored, as in Keras.
-            self.optimizer, self.optimizer_name = optimizer, type(optimizer).__name__.lower()
-            lr = float(optimizer.param_groups[0]["lr"])
-        else:
-            self.optimizer = make_optimizer(optimizer, self.model.parameters(), lr, momentum, weight_decay, self.device)
-            self.optimizer_name = optimizer
-        self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
-        if isinstance(augment, str):
-            augment_spec, augment = augment, None
-        if augment is None and augment_spec:  # a spec alone (as a config gives it) builds the augmentation
-            augment = _parse_augment(augment_spec)
+        lr = self._use_optimizer(optimizer, lr, momentum, weight_decay)
+        augment, augment_spec = _augmentation(augment, augment_spec)
         self.settings = {
             "optimizer": self.optimizer_name, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
             "schedule": schedule, "warmup": warmup, "label_smoothing": label_smoothing, "seed": seed,
@@ -137,6 +127,20 @@ class Trainer:
         last = first_leaf(model, last=True)
         if isinstance(last, (nn.Softmax, nn.LogSoftmax)):
             warnings.warn(SOFTMAX_WARNING.format(name=type(last).__name__), UserWarning, stacklevel=2)
+
+    def _use_optimizer(
+        self, optimizer: str | torch.optim.Optimizer, lr: float, momentum: float, weight_decay: float
+    ) -> float:
+        """Set ``self.optimizer`` and its base learning rates; return the learning rate the run reports."""
+        if isinstance(optimizer, torch.optim.Optimizer):
+            # The optimizer's own learning rates are the base; ``lr`` is ignored, as in Keras.
+            self.optimizer, self.optimizer_name = optimizer, type(optimizer).__name__.lower()
+            lr = float(optimizer.param_groups[0]["lr"])
+        else:
+            self.optimizer = make_optimizer(optimizer, self.model.parameters(), lr, momentum, weight_decay, self.device)
+            self.optimizer_name = optimizer
+        self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        return lr
 
     @property
     def is_main(self) -> bool:
@@ -441,3 +445,15 @@ def _parse_augment(spec: str) -> Callable[[torch.Tensor, torch.Generator], torch
     from mnistlab.augment import Augment
 
     return Augment.parse(spec)
+
+
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _augmentation(augment: str | Augmentation | None, spec: str) -> tuple[Augmentation | None, str]:
+    """The augmentation and its spec from what ``Trainer`` was given: a spec string, a callable, or a spec alone."""
+    if isinstance(augment, str):
+        spec, augment = augment, None
+    if augment is None and spec:  # a spec alone (as a config gives it) builds the augmentation
+        augment = _parse_augment(spec)
+    return augment, spec
