@@ -91,13 +91,15 @@ class LeanMLP:
         torch.sum(dz, 0, out=b2.grad)
         dh = torch.ops.aten.threshold_backward(torch.mm(dz, w2), r, 0)
         torch.sum(dh, 0, out=b1.grad)
-        # d/dw1 of the standardized layer: (dh.T @ x) / s - (m / s) · outer(db1, 1)
+        # d/dw1 of the standardized layer: (dh.T @ x) / s - (m / s) · outer(db1, 1). It is written through
+        # w1.grad's transpose, (x.T @ dh), which the matmul fills in place (dh.T @ x into w1.grad goes
+        # through a temporary and a copy).
         if self.low is not None:
             w1.grad.copy_(torch.mm(dh.to(self.low).t(), x))
             if self.standardize is not None:
                 w1.grad.mul_(inv).sub_(b1.grad.unsqueeze(1) * (float(m) * inv))
         elif self.standardize is not None:
-            torch.addmm((b1.grad * (-float(m) * inv)).unsqueeze(1), dh.t(), x, alpha=inv, out=w1.grad)
+            torch.addmm((b1.grad * (-float(m) * inv)).unsqueeze(0), x.t(), dh, alpha=inv, out=w1.grad.t())
         else:
-            torch.mm(dh.t(), x, out=w1.grad)
+            torch.mm(x.t(), dh, out=w1.grad.t())
         return logits, loss

@@ -98,3 +98,53 @@ def test_lean_bf16_gradients_are_as_accurate_as_autocast(batch, normalize) -> No
         assert got.dtype == torch.float32
         err, ref_err = ((got - want).norm() / want.norm()).item(), ((ref - want).norm() / want.norm()).item()
         assert err < max(2 * ref_err, 1e-3) and err < 3e-2, (err, ref_err)
+
+
+def _adam_pair(**kw: object) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
+    import copy
+
+    torch.manual_seed(0)
+    a = mlp()
+    b = copy.deepcopy(a)
+    return a, b, torch.optim.Adam(a.parameters(), lr=1e-2, **kw), torch.optim.Adam(b.parameters(), lr=1e-2, **kw)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_direct_fused_adam_is_bit_identical_to_optimizer_step(batch, weight_decay: float) -> None:
+    from mnistlab.engine.optim import updater
+
+    x, y = batch
+    a, b, opt_a, opt_b = _adam_pair(fused=True, weight_decay=weight_decay)
+    update = updater(opt_b)
+    assert update != opt_b.step  # the direct kernel call, not the optimizer's own step
+    lean_a, lean_b = LeanMLP(a, 0.1), LeanMLP(b, 0.1)
+    for i in range(6):
+        for group in (opt_a.param_groups[0], opt_b.param_groups[0]):
+            group["lr"] = 1e-2 * (i + 1) / 6  # a schedule changes the rate between steps
+        lean_a.step(x, y)
+        opt_a.step()
+        lean_b.step(x, y)
+        update()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+        assert all(torch.equal(opt_a.state[p][k], opt_b.state[q][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_direct_adam_steps_aside_for_anything_else() -> None:
+    from mnistlab.engine.optim import updater
+
+    for kw in ({}, {"fused": True, "amsgrad": True}, {"foreach": True}):
+        _, _, opt, _ = _adam_pair(**kw)
+        assert updater(opt) == opt.step, kw
+    sgd = torch.optim.SGD(mlp().parameters(), lr=0.1)
+    assert updater(sgd) == sgd.step
+    # a hook registered after the updater was made still runs: the direct path hands over to step()
+    _, model, _, opt = _adam_pair(fused=True)
+    update = updater(opt)
+    calls: list[int] = []
+    opt.register_step_post_hook(lambda *_: calls.append(1))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    update()  # the first step creates the state through step()
+    update()
+    assert len(calls) == 2

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mnistlab.devices import accumulator_dtype
+from mnistlab.engine.optim import updater
 from mnistlab.inference import autocast
 from mnistlab.lean import LeanMLP
 
@@ -32,10 +33,11 @@ class LeanStep:
     def __init__(self, model: nn.Sequential, optimizer: torch.optim.Optimizer, smoothing: float, precision: str):
         self.lean = LeanMLP(model, smoothing, precision)
         self.optimizer = optimizer
+        self.update = updater(optimizer)  # the fused Adam kernel without Optimizer.step's wrapping
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, loss = self.lean.step(xb, yb)
-        self.optimizer.step()
+        self.update()
         return logits, loss.to(_acc(loss)) * len(yb)
 
 
