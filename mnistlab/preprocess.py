@@ -142,7 +142,7 @@ def prepare_image(
         return _prepare_plain(im, size, channels)
     gray, scale = _work_gray(im, kind, where)
     if kind == "fashion":
-        prepared = _prepare_fashion(gray, scale, im.size)
+        prepared = _prepare_fashion(np.multiply(gray, np.float32(1 / 255), dtype=np.float32), scale, im.size)
     else:
         prepared = _prepare_digit(gray, scale, im.size, thicken)
     if FULL_SIZE in im.info:  # decoded smaller than stored (JPEG draft): report in the file's pixels
@@ -260,17 +260,19 @@ def kind_for(dataset: str | dict | None, class_names: tuple[str, ...] | list[str
 
 # -- the working copy ------------------------------------------------------------------------------
 #
-# Everything below runs on a working copy at most WORK_SIDE pixels a side, shrunk before the picture
-# becomes floats (a phone photo holds far more detail than a 20×20 box needs), with OpenCV's filters:
-# each is one C loop over the pixels, where the NumPy versions made several passes and copies.
+# Everything below runs on a working copy at most WORK_SIDE pixels a side, in 8 bits until the ink is
+# found (a phone photo holds far more detail than a 20×20 box needs, and a byte a pixel is a quarter of
+# the memory traffic and page faults of a float), with OpenCV's filters: each is one C loop over the
+# pixels. The paper's level, its uneven light and the ink's polarity come from one small thumbnail.
 
 
 def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, float]:
-    """The picture's luma (float32 0..1, 1 = white) at working size, and its scale from ``im``.
+    """The picture's 8-bit luma (uint8, 255 = white) at working size, and its scale from ``im``.
 
     The decoder's 8-bit gray (:func:`mnistlab.imaging.flatten`: transparency on white paper) is shrunk
-    before it becomes floats: a box average by a whole factor, then bilinear for the rest (less than 2×,
-    where OpenCV's area averaging would cost 8× as much).
+    by a box average by a whole factor, then bilinear for the rest (less than 2×, where OpenCV's area
+    averaging would cost 8× as much); small pictures are enlarged with Pillow's bicubic (a = -0.5:
+    OpenCV's sharper a = -0.75 rings around strokes).
     """
     w0, h0 = im.size
     scale = _work_scale(w0, h0) if kind == "digit" else min(1.0, WORK_SIDE / max(w0, h0))
@@ -289,9 +291,10 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
         )
         if small.shape != size[::-1]:
             small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
-        return np.multiply(small, np.float32(1 / 255), dtype=np.float32), scale
-    gray = np.multiply(imaging.gray_array(gray8) if full is None else full, np.float32(1 / 255), dtype=np.float32)
-    return (_resize(gray, size) if scale != 1 else gray), scale
+        return small, scale
+    if scale != 1:
+        return imaging.gray_array(gray8.resize(size, Image.BICUBIC)), scale
+    return (imaging.gray_array(gray8) if full is None else full), scale
 
 
 def _work_scale(w: int, h: int) -> float:
@@ -330,19 +333,17 @@ def _grow(mask: np.ndarray, r: int = 1) -> np.ndarray:
 # -- digits ----------------------------------------------------------------------------------------
 
 
-def _prepare_digit(gray: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None) -> Prepared:
+def _prepare_digit(g: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None) -> Prepared:
     w0, h0 = full
     notes: list[str] = []
-    border = np.sort(_border(gray))
-    lo, mid, hi = _percentiles(border, (5, 50, 95))
+    p5, p10, mid, p90, p95 = (v / 255 for v in _percentiles(_Counted(_border(g)), (5, 10, 50, 90, 95)))
     # A flat border (a canvas, a scan, an MNIST image) is the paper: the ink is whichever side of it holds
     # more. Otherwise (a photo) the ink is found against the local median (_ink_is_dark).
-    flat = hi - lo < FLAT_BORDER
-    inverted = _flat_ink_is_dark(gray, mid) if flat else _ink_is_dark(gray)
-    # In place (gray is _work_gray's new array): each new array of a photo's size costs its page faults.
-    x = np.subtract(1.0, gray, out=gray) if inverted else gray
-    np.maximum(np.subtract(x, _background(x, 1.0 - border[::-1] if inverted else border), out=x), 0, out=x)
-    x = _blur3(x)
+    flat = p95 - p5 < FLAT_BORDER
+    thumb = None if flat else _thumbnail(g, THUMB_SIDE)
+    inverted = _flat_ink_is_dark(g, mid) if flat else _ink_is_dark(g, thumb)
+    # The ink's paper, as x = ink bright on dark sees it: the border's 5th to 90th percentile of x.
+    x = _ink_above_paper(g, inverted, (1 - p95, 1 - p10) if inverted else (p5, p90), thumb)
     soft, keep, (r0, c0), reason = _find_ink(x)  # cut to the kept pieces: a few thousand pixels
     empty = Prepared(np.zeros((SIDE, SIDE), np.uint8), "digit", (w0, h0), inverted, empty=True, notes=[reason])
     if keep is None:
@@ -366,17 +367,21 @@ def _prepare_digit(gray: np.ndarray, scale: float, full: tuple[int, int], thicke
     return Prepared(image, "digit", (w0, h0), inverted, bbox, did_thicken, notes=notes)
 
 
-def _ink_is_dark(g: np.ndarray) -> bool:
-    """True for dark ink on light paper. The ink is the minority: measured against the local median
-    (over a third of the picture, where even a bold digit covers less than half), whichever tail of
-    the pixel values stands out further is the ink, whatever the paper's shade or lighting."""
+def _ink_is_dark(g: np.ndarray, thumb: np.ndarray) -> bool:
+    """True for dark ink on light paper (``thumb``: :func:`_thumbnail` of ``g``). The ink is the minority:
+    measured against the local median (over a third of the picture, where even a bold digit covers less
+    than half), whichever tail of the pixel values stands out further is the ink, whatever the paper's
+    shade or lighting."""
     # Every fourth pixel each way: the same sums and noise, a sixteenth of the work. (With this and the
     # paper's level from every eighth pixel in _find_ink, against every other and every fourth: on 1,400
     # benchmark pictures the same polarities, 1,393 inputs within one gray level, 6 within two, and one
     # photo's box a row taller, mean difference 2.1 of 255; the fixed pictures' figures unchanged.)
-    part = g[::4, ::4]
-    resid = part - _thumb_filter(g, 0.15, "median", part.shape)
-    sigma = 1.4826 * _median(np.abs(resid[::2, ::2])) + 1e-3
+    part = g[::4, ::4].astype(np.float32)
+    h, w = thumb.shape
+    s = MEDIAN_SIDE / max(h, w)
+    small = cv2.resize(thumb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    resid = part - _rank_filter(small, 0.15 * MEDIAN_SIDE, "median", part.shape)
+    sigma = 1.4826 * _median(np.abs(resid[::2, ::2])) + 0.255
     dark = float(np.maximum(-resid - 3 * sigma, 0).sum())
     bright = float(np.maximum(resid - 3 * sigma, 0).sum())
     if abs(dark - bright) <= 0.2 * max(dark, bright):  # undecided: the border is usually paper
@@ -386,12 +391,94 @@ def _ink_is_dark(g: np.ndarray) -> bool:
 
 
 def _flat_ink_is_dark(g: np.ndarray, paper: float) -> bool:
-    """True for dark ink on a flat paper of level ``paper``: more lies below it than above (every other
-    pixel: the same sums, a quarter of the work)."""
-    half = g[::2, ::2]
-    dark = float(np.maximum(paper - half, 0).sum())
-    bright = float(np.maximum(half - paper, 0).sum())
-    return dark >= bright
+    """True for dark ink on a flat paper of level ``paper`` (0..1): more lies below it than above (every
+    other pixel: the same sums, a quarter of the work)."""
+    # (The sum of the darker pixels' distances below it less the brighter ones' above is the sum of
+    # paper - value: dark wins when the paper is at least the mean.)
+    return paper * 255 >= float(g[::2, ::2].mean(dtype=np.float64))
+
+
+def _ink_above_paper(
+    g: np.ndarray, inverted: bool, border: tuple[float, float], thumb: np.ndarray | None
+) -> np.ndarray:
+    """The ink bright on dark over its paper at 0 (float32 0..1, 3×3 smoothed against sensor noise and
+    JPEG speckle), from ``g`` (uint8, 255 = white), the ink's polarity and the 5th and 90th percentile
+    of the border as the ink-bright picture sees it.
+
+    A picture whose border is evenly lit (a canvas, a scan, an MNIST image) has a flat paper: its level,
+    taken from the border, a lower envelope (the paper's noise stays above it). Otherwise (a photo) a
+    smooth estimate: a grey opening of the ink-bright picture (a closing of ``g`` for dark ink), with a
+    window wider than a stroke (a fifth of the picture) but narrower than the soft shadows and light
+    gradients, which it keeps. The opening is not used on flat pictures because a bold digit filling
+    the frame has blobs of ink wider than its window, which it would take for background.
+
+    In 8 bits, where the subtraction saturates at the paper (levels within half a step of the float
+    version's), and only the smoothing makes floats.
+    """
+    lo, hi = border
+    if hi - lo < FLAT_BORDER or thumb is None:
+        x8 = cv2.subtract(255 * (1 - lo), g) if inverted else cv2.subtract(g, 255 * lo)
+    else:
+        paper = _rank_filter(thumb, 0.1 * THUMB_SIDE, "closing" if inverted else "opening", g.shape)
+        x8 = cv2.subtract(paper, g) if inverted else cv2.subtract(g, paper)
+    x = cv2.boxFilter(x8, cv2.CV_32F, (3, 3), borderType=cv2.BORDER_REPLICATE)
+    return np.multiply(x, np.float32(1 / 255), out=x)
+
+
+# The thumbnail the paper's light is estimated on (the opening), and the smaller one of the median
+# that decides the ink's polarity: each filter then costs the same for any picture.
+THUMB_SIDE = 64
+MEDIAN_SIDE = 32
+
+
+def _thumbnail(g: np.ndarray, side: int) -> np.ndarray:
+    """``g`` (uint8) as float32 0..255, its longest side ``side``: bilinear samples at twice that size,
+    then 2×2 means (OpenCV's area averaging costs a nanosecond a source pixel when the factor is not
+    whole: a tenth of a millisecond on a photo; this, a tenth of that, averages 16 pixels a cell)."""
+    h, w = g.shape
+    s = side / max(h, w)
+    tw, th = max(1, round(w * s)), max(1, round(h * s))
+    if s >= 0.5:
+        return cv2.resize(g, (tw, th), interpolation=cv2.INTER_AREA).astype(np.float32)
+    twice = cv2.resize(g, (2 * tw, 2 * th), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    return cv2.resize(twice, (tw, th), interpolation=cv2.INTER_AREA)
+
+
+def _rank_filter(small: np.ndarray, radius: float, how: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A rank filter of a thumbnail (float32 0..255) with a window ``radius`` pixels each side, smoothed
+    and enlarged to ``shape``: float32 for ``median``, uint8 for ``opening`` (min then max filter: removes
+    bright things narrower than the window and keeps broad ones) and ``closing`` (max then min: the
+    same for dark things)."""
+    m = round(radius)
+    k, pad = 2 * m + 1, m if how == "median" else 2 * m  # an opening is two filters: twice the margin
+    # Continue the picture past its edges as a mirrored slope: with plain edge copies, light that
+    # brightens towards an edge would be under-estimated there and leave a band that looks like ink.
+    h, w = small.shape
+    if min(h, w) > pad:
+        padded = _odd_reflect(_odd_reflect(small, pad, 0), 0, pad)  # rows, then columns, as np.pad does
+    else:
+        padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    if how == "median":
+        # OpenCV's median takes windows this large only in 8 bits: 1/255 steps are finer than the noise
+        # this is compared with, and the mirrored slope is cut at black and white.
+        q = np.clip(padded + 0.5, 0, 255).astype(np.uint8)
+        out = cv2.medianBlur(q, k)[pad:-pad, pad:-pad].astype(np.float32)
+    else:
+        kernel = np.ones((k, k), np.uint8)
+        first, second = (cv2.erode, cv2.dilate) if how == "opening" else (cv2.dilate, cv2.erode)
+        out = second(first(padded, kernel, borderType=cv2.BORDER_REPLICATE), kernel, borderType=cv2.BORDER_REPLICATE)
+        out = np.ascontiguousarray(out[pad:-pad, pad:-pad])  # every window inside lies wholly in the padding
+    out = _blur3(_blur3(out))
+    if how != "median":
+        out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def _odd_reflect(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``np.pad(a, ((rows, rows), (cols, cols)), mode="reflect", reflect_type="odd")`` from OpenCV's
+    borders (a tenth of the cost): the edge value plus its difference to the mirrored one."""
+    edge = cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REPLICATE)
+    return 2 * edge - cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REFLECT_101)
 
 
 def _median(v: np.ndarray) -> float:
@@ -435,62 +522,6 @@ def _border(g: np.ndarray) -> np.ndarray:
     m = max(2, round(0.04 * min(h, w)))
     band = (g[:m:2, ::2], g[-m::2, ::2], g[::2, :m:2], g[::2, -m::2])
     return np.concatenate([b.ravel() for b in band])
-
-
-def _thumb_filter(x: np.ndarray, radius: float, how: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """A rank filter with a window of ``radius`` × the picture's longest side, run on a thumbnail (so
-    it costs the same for any picture), smoothed and enlarged back to ``x``'s size (or ``shape``).
-    ``how`` is ``median`` or ``opening`` (min then max filter: removes bright things narrower than the
-    window and keeps broad ones)."""
-    h, w = x.shape
-    side = 32 if how == "median" else 64
-    s = side / max(h, w)
-    step = max(1, int(1 / s) // 3)  # averaging every step-th pixel: the same thumbnail for far less work
-    src = np.ascontiguousarray(x[::step, ::step]) if step > 1 else x
-    small = _resize(src, (max(1, round(w * s)), max(1, round(h * s))))
-    m = round(radius * side)
-    k, pad = 2 * m + 1, m if how == "median" else 2 * m  # an opening is two filters: twice the margin
-    # Continue the picture past its edges as a mirrored slope: with plain edge copies, light that
-    # brightens towards an edge would be under-estimated there and leave a band that looks like ink.
-    if min(small.shape) > pad:
-        padded = _odd_reflect(_odd_reflect(small, pad, 0), 0, pad)  # rows, then columns, as np.pad does
-    else:
-        padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    if how == "median":
-        # OpenCV's median takes windows this large only in 8 bits: 1/255 steps are finer than the noise
-        # this is compared with, and the mirrored slope is cut at black and white.
-        q = np.clip(padded * 255 + 0.5, 0, 255).astype(np.uint8)
-        out = cv2.medianBlur(q, k)[pad:-pad, pad:-pad].astype(np.float32) / 255
-    else:
-        kernel = np.ones((k, k), np.uint8)
-        opened = cv2.dilate(cv2.erode(padded, kernel, borderType=cv2.BORDER_REPLICATE), kernel,
-                            borderType=cv2.BORDER_REPLICATE)  # fmt: skip
-        out = opened[pad:-pad, pad:-pad]  # the margin: every window inside lies wholly in the padding
-    out = _blur3(_blur3(np.ascontiguousarray(out, dtype=np.float32)))
-    h, w = shape or (h, w)
-    return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def _odd_reflect(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """``np.pad(a, ((rows, rows), (cols, cols)), mode="reflect", reflect_type="odd")`` from OpenCV's
-    borders (a tenth of the cost): the edge value plus its difference to the mirrored one."""
-    edge = cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REPLICATE)
-    return 2 * edge - cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REFLECT_101)
-
-
-def _background(x: np.ndarray, border: np.ndarray) -> np.ndarray | float:
-    """The (dark) background under bright ink (``border``: :func:`_border` of ``x``, sorted).
-
-    A picture whose border is evenly lit (a canvas, a scan, an MNIST image) has a flat background:
-    its level, taken from the border. Otherwise (a photo) a smooth estimate: a grey opening with a
-    window wider than a stroke (a fifth of the picture) but narrower than the soft shadows and light
-    gradients, which it keeps. The opening is not used on flat pictures because a bold digit filling
-    the frame has blobs of ink wider than its window, which it would take for background.
-    """
-    lo, hi = _percentiles(border, (5, 90))
-    if hi - lo < FLAT_BORDER:
-        return float(lo)  # a lower envelope, like the opening: the paper's noise stays above it
-    return _thumb_filter(x, 0.1, "opening")
 
 
 def _otsu(x: np.ndarray) -> float:
