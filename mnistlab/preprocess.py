@@ -140,11 +140,11 @@ def prepare_image(
     im = read_image(src, where, gray=kind != "plain" or channels == 1)
     if kind == "plain":
         return _prepare_plain(im, size, channels)
-    gray, scale = _work_gray(im, kind, where)
+    gray, scale, border = _work_gray(im, kind, where)
     if kind == "fashion":
         prepared = _prepare_fashion(np.multiply(gray, np.float32(1 / 255), dtype=np.float32), scale, im.size)
     else:
-        prepared = _prepare_digit(gray, scale, im.size, thicken)
+        prepared = _prepare_digit(gray, scale, im.size, thicken, border)
     if FULL_SIZE in im.info:  # decoded smaller than stored (JPEG draft): report in the file's pixels
         full = im.info[FULL_SIZE]
         f = full[0] / im.width
@@ -266,8 +266,9 @@ def kind_for(dataset: str | dict | None, class_names: tuple[str, ...] | list[str
 # pixels. The paper's level, its uneven light and the ink's polarity come from one small thumbnail.
 
 
-def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, float]:
-    """The picture's 8-bit luma (uint8, 255 = white) at working size, and its scale from ``im``.
+def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, float, _Counted | None]:
+    """The picture's 8-bit luma (uint8, 255 = white) at working size, its scale from ``im``, and its
+    border's values (:func:`_border`, counted) when they were needed to choose the size.
 
     The decoder's 8-bit gray (:func:`mnistlab.imaging.flatten`: transparency on white paper) is shrunk
     by a box average by a whole factor, then bilinear for the rest (less than 2×, where OpenCV's area
@@ -277,10 +278,11 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
     w0, h0 = im.size
     scale = _work_scale(w0, h0) if kind == "digit" else min(1.0, WORK_SIDE / max(w0, h0))
     gray8 = imaging.flatten(im, "gray", where)
-    full = None
+    full = border = None
     if kind == "digit" and max(w0, h0) * scale > FLAT_SIDE:
         full = imaging.gray_array(gray8)
-        lo, hi = _percentiles(_Counted(_border(full)), (5, 95))
+        border = _Counted(_border(full))
+        lo, hi = _percentiles(border, (5, 95))
         if hi - lo < FLAT_BORDER * 255:
             scale = FLAT_SIDE / max(w0, h0)
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
@@ -291,10 +293,10 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
         )
         if small.shape != size[::-1]:
             small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
-        return small, scale
+        return small, scale, None
     if scale != 1:
-        return imaging.gray_array(gray8.resize(size, Image.BICUBIC)), scale
-    return (imaging.gray_array(gray8) if full is None else full), scale
+        return imaging.gray_array(gray8.resize(size, Image.BICUBIC)), scale, None
+    return (imaging.gray_array(gray8) if full is None else full), scale, border
 
 
 def _work_scale(w: int, h: int) -> float:
@@ -327,16 +329,29 @@ def _blur3(x: np.ndarray) -> np.ndarray:
 
 def _grow(mask: np.ndarray, r: int = 1) -> np.ndarray:
     """Grow a 0/1 uint8 mask by ``r`` pixels (8-neighbourhood: a (2r+1)² square)."""
-    return cv2.dilate(mask, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.dilate(mask, _square(r), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _square(r: int) -> np.ndarray:
+    """The (2r+1)² square structuring element (made once per size)."""
+    if r not in _SQUARES:
+        _SQUARES[r] = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    return _SQUARES[r]
+
+
+_SQUARES: dict[int, np.ndarray] = {}
 
 
 # -- digits ----------------------------------------------------------------------------------------
 
 
-def _prepare_digit(g: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None) -> Prepared:
+def _prepare_digit(
+    g: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None, border: _Counted | None = None
+) -> Prepared:
     w0, h0 = full
     notes: list[str] = []
-    p5, p10, mid, p90, p95 = (v / 255 for v in _percentiles(_Counted(_border(g)), (5, 10, 50, 90, 95)))
+    border = border or _Counted(_border(g))
+    p5, p10, mid, p90, p95 = (v / 255 for v in _percentiles(border, (5, 10, 50, 90, 95)))
     # A flat border (a canvas, a scan, an MNIST image) is the paper: the ink is whichever side of it holds
     # more. Otherwise (a photo) the ink is found against the local median (_ink_is_dark).
     flat = p95 - p5 < FLAT_BORDER
@@ -461,16 +476,16 @@ def _rank_filter(small: np.ndarray, radius: float, how: str, shape: tuple[int, .
     if how == "median":
         # OpenCV's median takes windows this large only in 8 bits: 1/255 steps are finer than the noise
         # this is compared with, and the mirrored slope is cut at black and white.
-        q = np.clip(padded + 0.5, 0, 255).astype(np.uint8)
+        q = cv2.convertScaleAbs(cv2.max(padded, 0.0))  # rounded, at most 255
         out = cv2.medianBlur(q, k)[pad:-pad, pad:-pad].astype(np.float32)
     else:
-        kernel = np.ones((k, k), np.uint8)
+        kernel = _square(m)
         first, second = (cv2.erode, cv2.dilate) if how == "opening" else (cv2.dilate, cv2.erode)
         out = second(first(padded, kernel, borderType=cv2.BORDER_REPLICATE), kernel, borderType=cv2.BORDER_REPLICATE)
         out = np.ascontiguousarray(out[pad:-pad, pad:-pad])  # every window inside lies wholly in the padding
     out = _blur3(_blur3(out))
     if how != "median":
-        out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        out = cv2.convertScaleAbs(cv2.max(out, 0.0))
     return cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
@@ -513,7 +528,7 @@ class _Counted:
         return int(self.ends[-1])
 
     def __getitem__(self, i: int) -> int:
-        return int(np.searchsorted(self.ends, i, side="right"))
+        return int(self.ends.searchsorted(i, side="right"))
 
 
 def _border(g: np.ndarray) -> np.ndarray:
@@ -527,7 +542,8 @@ def _border(g: np.ndarray) -> np.ndarray:
 def _otsu(x: np.ndarray) -> float:
     """Otsu's threshold over 256 bins from 0 to the maximum (OpenCV's, on the values in 8 bits)."""
     top = float(x.max()) + 1e-6
-    q = np.minimum(x * (256 / top), 255).astype(np.uint8)
+    # floor(x * 256 / top), at most 255, in one pass: |v - 0.5| rounded to the nearest, saturated.
+    q = cv2.convertScaleAbs(x, alpha=256 / top, beta=-0.5)
     t, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     return (t + 1) * top / 256  # the upper edge of the last bin counted as background
 
@@ -573,7 +589,7 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     c0, c1 = max(0, kept[:, 2].min() - 1), min(x.shape[1], kept[:, 3].max() + 2)
     level = pieces.p90(main)[1]
     lo = min(base + 3 * sigma, 0.5 * t)
-    soft = np.clip((x[r0:r1, c0:c1] - lo) * (1 / max(level - lo, 1e-6)), 0, 1).astype(np.float32)
+    soft = cv2.min(cv2.max((x[r0:r1, c0:c1] - lo) * (1 / max(level - lo, 1e-6)), 0.0), 1.0)
     kept_mask = mask[r0:r1, c0:c1].copy() if keep is None else keep[labels[r0:r1, c0:c1]]
     return soft, kept_mask, (int(r0 + br), int(c0 + bc)), ""
 
@@ -617,8 +633,8 @@ class _Pieces:
         self._p90: dict[int, tuple[float, float]] = {}
         self.on = mask.view(bool)
         # (top, bottom, left, right), inclusive, from OpenCV's (left, top, width, height, area).
-        left, top, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
-        self.bbox = np.stack([top, top + h - 1, left, left + w - 1], axis=1)
+        self.bbox = stats[:, (1, 1, 0, 0)]
+        self.bbox[:, 1::2] += stats[:, (3, 2)] - 1
         self._boxes = self.bbox.tolist()  # as Python ints, for slicing
 
     def sum(self, values: np.ndarray) -> np.ndarray:
@@ -635,7 +651,7 @@ class _Pieces:
         (numpy's ``lower`` and ``linear``), from one partial sort; remembered per piece."""
         if k not in self._p90:
             box = self._box(k)
-            v = self.x[box][self.labels[box] == k + 1]
+            v = self.x[box][self._piece(k, box)]
             i = 0.9 * (len(v) - 1)
             f = int(i)
             part = np.partition(v, (f, min(f + 1, len(v) - 1)))
@@ -650,10 +666,14 @@ class _Pieces:
     def ring_level(self, k: int) -> float:
         """Median of ``x`` in a ring 3 to 6 pixels outside the piece: the paper right around it."""
         box = self._box(k, 7)
-        piece = (self.labels[box] == k + 1).view(np.uint8)
-        near = _grow(piece, 3)
-        ring = _grow(near, 3) > near  # grown by 6 (two 7×7 squares make a 13×13)
-        return _median(self.x[box][ring]) if ring.any() else _median(self.full)
+        near = _grow(self._piece(k, box).view(np.uint8), 3)
+        ring = cv2.subtract(_grow(near, 3), near).view(bool)  # grown by 6 (two 7×7 squares make a 13×13)
+        v = self.x[box][ring]
+        return _median(v) if v.size else _median(self.full)
+
+    def _piece(self, k: int, box: tuple[slice, slice]) -> np.ndarray:
+        """Where piece ``k`` is within ``box``, as bools (the mask itself when it is the only piece)."""
+        return self.on[box] if self.n == 1 else self.labels[box] == k + 1
 
 
 def _stroke_width(mask: np.ndarray) -> float:
@@ -672,23 +692,23 @@ def _thicken(crop: np.ndarray, width: float) -> np.ndarray:
     big = max(small.shape)
     r = max(1, round((TARGET_STROKE - width) * big / 2))
     padded = np.pad(small.astype(np.float32), r)  # the wider strokes must not be cut at the crop's edge
-    return cv2.dilate(padded, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    return cv2.dilate(padded, _square(r), borderType=cv2.BORDER_REPLICATE)
 
 
 def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
     """MNIST's last steps: fit into 20×20 keeping the aspect ratio, centre of mass to pixel (14, 14)."""
     h, w = crop.shape
     s = BOX / max(h, w)
-    small = np.clip(_resize(crop, (max(1, round(w * s)), max(1, round(h * s)))), 0, 1)
+    small = cv2.min(cv2.max(_resize(crop, (max(1, round(w * s)), max(1, round(h * s)))), 0.0), 1.0)
     sh, sw = small.shape
-    total = float(small.sum()) or 1.0
-    cy = float((small.sum(1) * np.arange(sh)).sum()) / total
-    cx = float((small.sum(0) * np.arange(sw)).sum()) / total
+    m = cv2.moments(small)  # the mass and its first moments, in one pass
+    total = m["m00"] or 1.0
+    cy, cx = m["m01"] / total, m["m10"] / total
     oy = min(max(round(SIDE // 2 - cy), 0), SIDE - sh)  # (np.clip on a number costs 15 µs)
     ox = min(max(round(SIDE // 2 - cx), 0), SIDE - sw)
-    out = np.zeros((SIDE, SIDE), np.float32)
-    out[oy : oy + sh, ox : ox + sw] = small
-    return (out * 255).round().astype(np.uint8)
+    out = np.zeros((SIDE, SIDE), np.uint8)
+    out[oy : oy + sh, ox : ox + sw] = cv2.convertScaleAbs(small, alpha=255)  # rounded half to even, as np.round
+    return out
 
 
 # -- clothes ---------------------------------------------------------------------------------------
