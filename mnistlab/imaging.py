@@ -255,12 +255,6 @@ def flatten(im: Image.Image, color: str = "gray", where: str = "image") -> Image
 def _opaque(im: Image.Image) -> bool:
     """Whether every pixel is fully opaque (a web page's canvas is): flattening onto white changes nothing,
     and the composite (five times a plain conversion) can be skipped."""
-    if im.mode == "RGBA":
-        # Each pixel as one 32-bit number has its alpha in the top byte (little-endian: R, G, B, A in
-        # memory): all are opaque when the smallest is at least 0xFF000000. A tenth of a channel copy.
-        a = np.asarray(im)
-        if a.dtype == np.uint8 and a.flags.c_contiguous and np.little_endian:
-            return bool(a.view(np.uint32).min() >= 0xFF000000)
     if im.mode not in ("RGBA", "LA"):
         return False
     return im.getchannel("A").getextrema() == (255, 255)
