@@ -364,8 +364,8 @@ def _prepare_digit(
     if keep is None:
         return empty
     soft = soft * _grow(keep)  # keep the anti-aliased rim of the strokes, drop the specks
-    rows, cols = np.nonzero(soft.any(1))[0], np.nonzero(soft.any(0))[0]
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    left, top, cw, ch = cv2.boundingRect((soft > 0).view(np.uint8))
+    bottom, right = top + ch, left + cw
     big = max(bottom - top, right - left)
     if big < max(4, 0.03 * max(x.shape)):
         empty.notes = [f"only a speck of ink ({right - left}×{bottom - top} pixels)"]
