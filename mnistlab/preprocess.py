@@ -140,11 +140,11 @@ def prepare_image(
     im = read_image(src, where, gray=kind != "plain" or channels == 1)
     if kind == "plain":
         return _prepare_plain(im, size, channels)
-    gray, scale = _work_gray(im, kind, where)
+    gray, scale, border = _work_gray(im, kind, where)
     if kind == "fashion":
-        prepared = _prepare_fashion(gray, scale, im.size)
+        prepared = _prepare_fashion(np.multiply(gray, np.float32(1 / 255), dtype=np.float32), scale, im.size)
     else:
-        prepared = _prepare_digit(gray, scale, im.size, thicken)
+        prepared = _prepare_digit(gray, scale, im.size, thicken, border)
     if FULL_SIZE in im.info:  # decoded smaller than stored (JPEG draft): report in the file's pixels
         full = im.info[FULL_SIZE]
         f = full[0] / im.width
@@ -260,25 +260,29 @@ def kind_for(dataset: str | dict | None, class_names: tuple[str, ...] | list[str
 
 # -- the working copy ------------------------------------------------------------------------------
 #
-# Everything below runs on a working copy at most WORK_SIDE pixels a side, shrunk before the picture
-# becomes floats (a phone photo holds far more detail than a 20×20 box needs), with OpenCV's filters:
-# each is one C loop over the pixels, where the NumPy versions made several passes and copies.
+# Everything below runs on a working copy at most WORK_SIDE pixels a side, in 8 bits until the ink is
+# found (a phone photo holds far more detail than a 20×20 box needs, and a byte a pixel is a quarter of
+# the memory traffic and page faults of a float), with OpenCV's filters: each is one C loop over the
+# pixels. The paper's level, its uneven light and the ink's polarity come from one small thumbnail.
 
 
-def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, float]:
-    """The picture's luma (float32 0..1, 1 = white) at working size, and its scale from ``im``.
+def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, float, _Counted | None]:
+    """The picture's 8-bit luma (uint8, 255 = white) at working size, its scale from ``im``, and its
+    border's values (:func:`_border`, counted) when they were needed to choose the size.
 
     The decoder's 8-bit gray (:func:`mnistlab.imaging.flatten`: transparency on white paper) is shrunk
-    before it becomes floats: a box average by a whole factor, then bilinear for the rest (less than 2×,
-    where OpenCV's area averaging would cost 8× as much).
+    by a box average by a whole factor, then bilinear for the rest (less than 2×, where OpenCV's area
+    averaging would cost 8× as much); small pictures are enlarged with Pillow's bicubic (a = -0.5:
+    OpenCV's sharper a = -0.75 rings around strokes).
     """
     w0, h0 = im.size
     scale = _work_scale(w0, h0) if kind == "digit" else min(1.0, WORK_SIDE / max(w0, h0))
     gray8 = imaging.flatten(im, "gray", where)
-    full = None
+    full = border = None
     if kind == "digit" and max(w0, h0) * scale > FLAT_SIDE:
         full = imaging.gray_array(gray8)
-        lo, hi = _percentiles(_Counted(_border(full)), (5, 95))
+        border = _Counted(_border(full))
+        lo, hi = _percentiles(border, (5, 95))
         if hi - lo < FLAT_BORDER * 255:
             scale = FLAT_SIDE / max(w0, h0)
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
@@ -289,9 +293,10 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
         )
         if small.shape != size[::-1]:
             small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
-        return np.multiply(small, np.float32(1 / 255), dtype=np.float32), scale
-    gray = np.multiply(imaging.gray_array(gray8) if full is None else full, np.float32(1 / 255), dtype=np.float32)
-    return (_resize(gray, size) if scale != 1 else gray), scale
+        return small, scale, None
+    if scale != 1:
+        return imaging.gray_array(gray8.resize(size, Image.BICUBIC)), scale, None
+    return (imaging.gray_array(gray8) if full is None else full), scale, border
 
 
 def _work_scale(w: int, h: int) -> float:
@@ -324,32 +329,43 @@ def _blur3(x: np.ndarray) -> np.ndarray:
 
 def _grow(mask: np.ndarray, r: int = 1) -> np.ndarray:
     """Grow a 0/1 uint8 mask by ``r`` pixels (8-neighbourhood: a (2r+1)² square)."""
-    return cv2.dilate(mask, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.dilate(mask, _square(r), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _square(r: int) -> np.ndarray:
+    """The (2r+1)² square structuring element (made once per size)."""
+    if r not in _SQUARES:
+        _SQUARES[r] = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    return _SQUARES[r]
+
+
+_SQUARES: dict[int, np.ndarray] = {}
 
 
 # -- digits ----------------------------------------------------------------------------------------
 
 
-def _prepare_digit(gray: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None) -> Prepared:
+def _prepare_digit(
+    g: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None, border: _Counted | None = None
+) -> Prepared:
     w0, h0 = full
     notes: list[str] = []
-    border = np.sort(_border(gray))
-    lo, mid, hi = _percentiles(border, (5, 50, 95))
+    border = border or _Counted(_border(g))
+    p5, p10, mid, p90, p95 = (v / 255 for v in _percentiles(border, (5, 10, 50, 90, 95)))
     # A flat border (a canvas, a scan, an MNIST image) is the paper: the ink is whichever side of it holds
     # more. Otherwise (a photo) the ink is found against the local median (_ink_is_dark).
-    flat = hi - lo < FLAT_BORDER
-    inverted = _flat_ink_is_dark(gray, mid) if flat else _ink_is_dark(gray)
-    # In place (gray is _work_gray's new array): each new array of a photo's size costs its page faults.
-    x = np.subtract(1.0, gray, out=gray) if inverted else gray
-    np.maximum(np.subtract(x, _background(x, 1.0 - border[::-1] if inverted else border), out=x), 0, out=x)
-    x = _blur3(x)
+    flat = p95 - p5 < FLAT_BORDER
+    thumb = None if flat else _thumbnail(g, THUMB_SIDE)
+    inverted = _flat_ink_is_dark(g, mid) if flat else _ink_is_dark(g, thumb)
+    # The ink's paper, as x = ink bright on dark sees it: the border's 5th to 90th percentile of x.
+    x = _ink_above_paper(g, inverted, (1 - p95, 1 - p10) if inverted else (p5, p90), thumb)
     soft, keep, (r0, c0), reason = _find_ink(x)  # cut to the kept pieces: a few thousand pixels
     empty = Prepared(np.zeros((SIDE, SIDE), np.uint8), "digit", (w0, h0), inverted, empty=True, notes=[reason])
     if keep is None:
         return empty
     soft = soft * _grow(keep)  # keep the anti-aliased rim of the strokes, drop the specks
-    rows, cols = np.nonzero(soft.any(1))[0], np.nonzero(soft.any(0))[0]
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    left, top, cw, ch = cv2.boundingRect((soft > 0).view(np.uint8))
+    bottom, right = top + ch, left + cw
     big = max(bottom - top, right - left)
     if big < max(4, 0.03 * max(x.shape)):
         empty.notes = [f"only a speck of ink ({right - left}×{bottom - top} pixels)"]
@@ -366,17 +382,21 @@ def _prepare_digit(gray: np.ndarray, scale: float, full: tuple[int, int], thicke
     return Prepared(image, "digit", (w0, h0), inverted, bbox, did_thicken, notes=notes)
 
 
-def _ink_is_dark(g: np.ndarray) -> bool:
-    """True for dark ink on light paper. The ink is the minority: measured against the local median
-    (over a third of the picture, where even a bold digit covers less than half), whichever tail of
-    the pixel values stands out further is the ink, whatever the paper's shade or lighting."""
+def _ink_is_dark(g: np.ndarray, thumb: np.ndarray) -> bool:
+    """True for dark ink on light paper (``thumb``: :func:`_thumbnail` of ``g``). The ink is the minority:
+    measured against the local median (over a third of the picture, where even a bold digit covers less
+    than half), whichever tail of the pixel values stands out further is the ink, whatever the paper's
+    shade or lighting."""
     # Every fourth pixel each way: the same sums and noise, a sixteenth of the work. (With this and the
     # paper's level from every eighth pixel in _find_ink, against every other and every fourth: on 1,400
     # benchmark pictures the same polarities, 1,393 inputs within one gray level, 6 within two, and one
     # photo's box a row taller, mean difference 2.1 of 255; the fixed pictures' figures unchanged.)
-    part = g[::4, ::4]
-    resid = part - _thumb_filter(g, 0.15, "median", part.shape)
-    sigma = 1.4826 * _median(np.abs(resid[::2, ::2])) + 1e-3
+    part = g[::4, ::4].astype(np.float32)
+    h, w = thumb.shape
+    s = MEDIAN_SIDE / max(h, w)
+    small = cv2.resize(thumb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    resid = part - _rank_filter(small, 0.15 * MEDIAN_SIDE, "median", part.shape)
+    sigma = 1.4826 * _median(np.abs(resid[::2, ::2])) + 0.255
     dark = float(np.maximum(-resid - 3 * sigma, 0).sum())
     bright = float(np.maximum(resid - 3 * sigma, 0).sum())
     if abs(dark - bright) <= 0.2 * max(dark, bright):  # undecided: the border is usually paper
@@ -386,12 +406,94 @@ def _ink_is_dark(g: np.ndarray) -> bool:
 
 
 def _flat_ink_is_dark(g: np.ndarray, paper: float) -> bool:
-    """True for dark ink on a flat paper of level ``paper``: more lies below it than above (every other
-    pixel: the same sums, a quarter of the work)."""
-    half = g[::2, ::2]
-    dark = float(np.maximum(paper - half, 0).sum())
-    bright = float(np.maximum(half - paper, 0).sum())
-    return dark >= bright
+    """True for dark ink on a flat paper of level ``paper`` (0..1): more lies below it than above (every
+    other pixel: the same sums, a quarter of the work)."""
+    # (The sum of the darker pixels' distances below it less the brighter ones' above is the sum of
+    # paper - value: dark wins when the paper is at least the mean.)
+    return paper * 255 >= float(g[::2, ::2].mean(dtype=np.float64))
+
+
+def _ink_above_paper(
+    g: np.ndarray, inverted: bool, border: tuple[float, float], thumb: np.ndarray | None
+) -> np.ndarray:
+    """The ink bright on dark over its paper at 0 (float32 0..1, 3×3 smoothed against sensor noise and
+    JPEG speckle), from ``g`` (uint8, 255 = white), the ink's polarity and the 5th and 90th percentile
+    of the border as the ink-bright picture sees it.
+
+    A picture whose border is evenly lit (a canvas, a scan, an MNIST image) has a flat paper: its level,
+    taken from the border, a lower envelope (the paper's noise stays above it). Otherwise (a photo) a
+    smooth estimate: a grey opening of the ink-bright picture (a closing of ``g`` for dark ink), with a
+    window wider than a stroke (a fifth of the picture) but narrower than the soft shadows and light
+    gradients, which it keeps. The opening is not used on flat pictures because a bold digit filling
+    the frame has blobs of ink wider than its window, which it would take for background.
+
+    In 8 bits, where the subtraction saturates at the paper (levels within half a step of the float
+    version's), and only the smoothing makes floats.
+    """
+    lo, hi = border
+    if hi - lo < FLAT_BORDER or thumb is None:
+        x8 = cv2.subtract(255 * (1 - lo), g) if inverted else cv2.subtract(g, 255 * lo)
+    else:
+        paper = _rank_filter(thumb, 0.1 * THUMB_SIDE, "closing" if inverted else "opening", g.shape)
+        x8 = cv2.subtract(paper, g) if inverted else cv2.subtract(g, paper)
+    x = cv2.boxFilter(x8, cv2.CV_32F, (3, 3), borderType=cv2.BORDER_REPLICATE)
+    return np.multiply(x, np.float32(1 / 255), out=x)
+
+
+# The thumbnail the paper's light is estimated on (the opening), and the smaller one of the median
+# that decides the ink's polarity: each filter then costs the same for any picture.
+THUMB_SIDE = 64
+MEDIAN_SIDE = 32
+
+
+def _thumbnail(g: np.ndarray, side: int) -> np.ndarray:
+    """``g`` (uint8) as float32 0..255, its longest side ``side``: bilinear samples at twice that size,
+    then 2×2 means (OpenCV's area averaging costs a nanosecond a source pixel when the factor is not
+    whole: a tenth of a millisecond on a photo; this, a tenth of that, averages 16 pixels a cell)."""
+    h, w = g.shape
+    s = side / max(h, w)
+    tw, th = max(1, round(w * s)), max(1, round(h * s))
+    if s >= 0.5:
+        return cv2.resize(g, (tw, th), interpolation=cv2.INTER_AREA).astype(np.float32)
+    twice = cv2.resize(g, (2 * tw, 2 * th), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    return cv2.resize(twice, (tw, th), interpolation=cv2.INTER_AREA)
+
+
+def _rank_filter(small: np.ndarray, radius: float, how: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A rank filter of a thumbnail (float32 0..255) with a window ``radius`` pixels each side, smoothed
+    and enlarged to ``shape``: float32 for ``median``, uint8 for ``opening`` (min then max filter: removes
+    bright things narrower than the window and keeps broad ones) and ``closing`` (max then min: the
+    same for dark things)."""
+    m = round(radius)
+    k, pad = 2 * m + 1, m if how == "median" else 2 * m  # an opening is two filters: twice the margin
+    # Continue the picture past its edges as a mirrored slope: with plain edge copies, light that
+    # brightens towards an edge would be under-estimated there and leave a band that looks like ink.
+    h, w = small.shape
+    if min(h, w) > pad:
+        padded = _odd_reflect(_odd_reflect(small, pad, 0), 0, pad)  # rows, then columns, as np.pad does
+    else:
+        padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    if how == "median":
+        # OpenCV's median takes windows this large only in 8 bits: 1/255 steps are finer than the noise
+        # this is compared with, and the mirrored slope is cut at black and white.
+        q = cv2.convertScaleAbs(cv2.max(padded, 0.0))  # rounded, at most 255
+        out = cv2.medianBlur(q, k)[pad:-pad, pad:-pad].astype(np.float32)
+    else:
+        kernel = _square(m)
+        first, second = (cv2.erode, cv2.dilate) if how == "opening" else (cv2.dilate, cv2.erode)
+        out = second(first(padded, kernel, borderType=cv2.BORDER_REPLICATE), kernel, borderType=cv2.BORDER_REPLICATE)
+        out = np.ascontiguousarray(out[pad:-pad, pad:-pad])  # every window inside lies wholly in the padding
+    out = _blur3(_blur3(out))
+    if how != "median":
+        out = cv2.convertScaleAbs(cv2.max(out, 0.0))
+    return cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def _odd_reflect(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``np.pad(a, ((rows, rows), (cols, cols)), mode="reflect", reflect_type="odd")`` from OpenCV's
+    borders (a tenth of the cost): the edge value plus its difference to the mirrored one."""
+    edge = cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REPLICATE)
+    return 2 * edge - cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REFLECT_101)
 
 
 def _median(v: np.ndarray) -> float:
@@ -426,7 +528,7 @@ class _Counted:
         return int(self.ends[-1])
 
     def __getitem__(self, i: int) -> int:
-        return int(np.searchsorted(self.ends, i, side="right"))
+        return int(self.ends.searchsorted(i, side="right"))
 
 
 def _border(g: np.ndarray) -> np.ndarray:
@@ -437,66 +539,11 @@ def _border(g: np.ndarray) -> np.ndarray:
     return np.concatenate([b.ravel() for b in band])
 
 
-def _thumb_filter(x: np.ndarray, radius: float, how: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """A rank filter with a window of ``radius`` × the picture's longest side, run on a thumbnail (so
-    it costs the same for any picture), smoothed and enlarged back to ``x``'s size (or ``shape``).
-    ``how`` is ``median`` or ``opening`` (min then max filter: removes bright things narrower than the
-    window and keeps broad ones)."""
-    h, w = x.shape
-    side = 32 if how == "median" else 64
-    s = side / max(h, w)
-    step = max(1, int(1 / s) // 3)  # averaging every step-th pixel: the same thumbnail for far less work
-    src = np.ascontiguousarray(x[::step, ::step]) if step > 1 else x
-    small = _resize(src, (max(1, round(w * s)), max(1, round(h * s))))
-    m = round(radius * side)
-    k, pad = 2 * m + 1, m if how == "median" else 2 * m  # an opening is two filters: twice the margin
-    # Continue the picture past its edges as a mirrored slope: with plain edge copies, light that
-    # brightens towards an edge would be under-estimated there and leave a band that looks like ink.
-    if min(small.shape) > pad:
-        padded = _odd_reflect(_odd_reflect(small, pad, 0), 0, pad)  # rows, then columns, as np.pad does
-    else:
-        padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    if how == "median":
-        # OpenCV's median takes windows this large only in 8 bits: 1/255 steps are finer than the noise
-        # this is compared with, and the mirrored slope is cut at black and white.
-        q = np.clip(padded * 255 + 0.5, 0, 255).astype(np.uint8)
-        out = cv2.medianBlur(q, k)[pad:-pad, pad:-pad].astype(np.float32) / 255
-    else:
-        kernel = np.ones((k, k), np.uint8)
-        opened = cv2.dilate(cv2.erode(padded, kernel, borderType=cv2.BORDER_REPLICATE), kernel,
-                            borderType=cv2.BORDER_REPLICATE)  # fmt: skip
-        out = opened[pad:-pad, pad:-pad]  # the margin: every window inside lies wholly in the padding
-    out = _blur3(_blur3(np.ascontiguousarray(out, dtype=np.float32)))
-    h, w = shape or (h, w)
-    return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def _odd_reflect(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """``np.pad(a, ((rows, rows), (cols, cols)), mode="reflect", reflect_type="odd")`` from OpenCV's
-    borders (a tenth of the cost): the edge value plus its difference to the mirrored one."""
-    edge = cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REPLICATE)
-    return 2 * edge - cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REFLECT_101)
-
-
-def _background(x: np.ndarray, border: np.ndarray) -> np.ndarray | float:
-    """The (dark) background under bright ink (``border``: :func:`_border` of ``x``, sorted).
-
-    A picture whose border is evenly lit (a canvas, a scan, an MNIST image) has a flat background:
-    its level, taken from the border. Otherwise (a photo) a smooth estimate: a grey opening with a
-    window wider than a stroke (a fifth of the picture) but narrower than the soft shadows and light
-    gradients, which it keeps. The opening is not used on flat pictures because a bold digit filling
-    the frame has blobs of ink wider than its window, which it would take for background.
-    """
-    lo, hi = _percentiles(border, (5, 90))
-    if hi - lo < FLAT_BORDER:
-        return float(lo)  # a lower envelope, like the opening: the paper's noise stays above it
-    return _thumb_filter(x, 0.1, "opening")
-
-
 def _otsu(x: np.ndarray) -> float:
     """Otsu's threshold over 256 bins from 0 to the maximum (OpenCV's, on the values in 8 bits)."""
     top = float(x.max()) + 1e-6
-    q = np.minimum(x * (256 / top), 255).astype(np.uint8)
+    # floor(x * 256 / top), at most 255, in one pass: |v - 0.5| rounded to the nearest, saturated.
+    q = cv2.convertScaleAbs(x, alpha=256 / top, beta=-0.5)
     t, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     return (t + 1) * top / 256  # the upper edge of the last bin counted as background
 
@@ -523,12 +570,18 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     bc, br, bw, bh = cv2.boundingRect(mask)
     if bw == 0:  # (kept out of labelling: its one label would be the background)
         return x, None, (0, 0), "the picture is blank"
-    full, (h, w) = x, x.shape
+    full, (h, w), ink = x, x.shape, (bc, br, bw, bh)
     br, bc, be, bf = max(0, br - 7), max(0, bc - 7), min(h, br + bh + 7), min(w, bc + bw + 7)
     x, mask = x[br:be, bc:bf], np.ascontiguousarray(mask[br:be, bc:bf])
-    # Grana's block-based labelling: the boxes come with the labels for a third of the default's cost.
-    n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_GRANA)
-    pieces = _Pieces(x, mask, labels, stats[1:], full)
+    # Grana's block-based labelling, 16-bit labels (a 400×400 cut holds at most 40,000 pieces). One
+    # piece is the mask's box; the boxes of several cost twice the labels, so only then.
+    n, labels = cv2.connectedComponentsWithAlgorithm(mask, 8, cv2.CV_16U, cv2.CCL_GRANA)
+    if n == 2:
+        stats = np.array([[ink[0] - bc, ink[1] - br, ink[2], ink[3]]])
+    else:
+        n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_16U, cv2.CCL_GRANA)
+        stats = stats[1:]
+    pieces = _Pieces(x, mask, labels, stats, full)
     if n == 2:  # one piece (a drawing, most photos): nothing to weigh or choose between, the same answer
         main, keep, best = 0, None, pieces.contrast(0) - pieces.ring_level(0)
         strong = best >= STRONG_INK * sigma
@@ -542,7 +595,7 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     c0, c1 = max(0, kept[:, 2].min() - 1), min(x.shape[1], kept[:, 3].max() + 2)
     level = pieces.p90(main)[1]
     lo = min(base + 3 * sigma, 0.5 * t)
-    soft = np.clip((x[r0:r1, c0:c1] - lo) * (1 / max(level - lo, 1e-6)), 0, 1).astype(np.float32)
+    soft = cv2.min(cv2.max((x[r0:r1, c0:c1] - lo) * (1 / max(level - lo, 1e-6)), 0.0), 1.0)
     kept_mask = mask[r0:r1, c0:c1].copy() if keep is None else keep[labels[r0:r1, c0:c1]]
     return soft, kept_mask, (int(r0 + br), int(c0 + bc)), ""
 
@@ -586,8 +639,8 @@ class _Pieces:
         self._p90: dict[int, tuple[float, float]] = {}
         self.on = mask.view(bool)
         # (top, bottom, left, right), inclusive, from OpenCV's (left, top, width, height, area).
-        left, top, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
-        self.bbox = np.stack([top, top + h - 1, left, left + w - 1], axis=1)
+        self.bbox = stats[:, (1, 1, 0, 0)]
+        self.bbox[:, 1::2] += stats[:, (3, 2)] - 1
         self._boxes = self.bbox.tolist()  # as Python ints, for slicing
 
     def sum(self, values: np.ndarray) -> np.ndarray:
@@ -604,7 +657,7 @@ class _Pieces:
         (numpy's ``lower`` and ``linear``), from one partial sort; remembered per piece."""
         if k not in self._p90:
             box = self._box(k)
-            v = self.x[box][self.labels[box] == k + 1]
+            v = self.x[box][self._piece(k, box)]
             i = 0.9 * (len(v) - 1)
             f = int(i)
             part = np.partition(v, (f, min(f + 1, len(v) - 1)))
@@ -619,10 +672,14 @@ class _Pieces:
     def ring_level(self, k: int) -> float:
         """Median of ``x`` in a ring 3 to 6 pixels outside the piece: the paper right around it."""
         box = self._box(k, 7)
-        piece = (self.labels[box] == k + 1).view(np.uint8)
-        near = _grow(piece, 3)
-        ring = _grow(near, 3) > near  # grown by 6 (two 7×7 squares make a 13×13)
-        return _median(self.x[box][ring]) if ring.any() else _median(self.full)
+        near = _grow(self._piece(k, box).view(np.uint8), 3)
+        ring = cv2.subtract(_grow(near, 3), near).view(bool)  # grown by 6 (two 7×7 squares make a 13×13)
+        v = self.x[box][ring]
+        return _median(v) if v.size else _median(self.full)
+
+    def _piece(self, k: int, box: tuple[slice, slice]) -> np.ndarray:
+        """Where piece ``k`` is within ``box``, as bools (the mask itself when it is the only piece)."""
+        return self.on[box] if self.n == 1 else self.labels[box] == k + 1
 
 
 def _stroke_width(mask: np.ndarray) -> float:
@@ -641,23 +698,23 @@ def _thicken(crop: np.ndarray, width: float) -> np.ndarray:
     big = max(small.shape)
     r = max(1, round((TARGET_STROKE - width) * big / 2))
     padded = np.pad(small.astype(np.float32), r)  # the wider strokes must not be cut at the crop's edge
-    return cv2.dilate(padded, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    return cv2.dilate(padded, _square(r), borderType=cv2.BORDER_REPLICATE)
 
 
 def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
     """MNIST's last steps: fit into 20×20 keeping the aspect ratio, centre of mass to pixel (14, 14)."""
     h, w = crop.shape
     s = BOX / max(h, w)
-    small = np.clip(_resize(crop, (max(1, round(w * s)), max(1, round(h * s)))), 0, 1)
+    small = cv2.min(cv2.max(_resize(crop, (max(1, round(w * s)), max(1, round(h * s)))), 0.0), 1.0)
     sh, sw = small.shape
-    total = float(small.sum()) or 1.0
-    cy = float((small.sum(1) * np.arange(sh)).sum()) / total
-    cx = float((small.sum(0) * np.arange(sw)).sum()) / total
+    m = cv2.moments(small)  # the mass and its first moments, in one pass
+    total = m["m00"] or 1.0
+    cy, cx = m["m01"] / total, m["m10"] / total
     oy = min(max(round(SIDE // 2 - cy), 0), SIDE - sh)  # (np.clip on a number costs 15 µs)
     ox = min(max(round(SIDE // 2 - cx), 0), SIDE - sw)
-    out = np.zeros((SIDE, SIDE), np.float32)
-    out[oy : oy + sh, ox : ox + sw] = small
-    return (out * 255).round().astype(np.uint8)
+    out = np.zeros((SIDE, SIDE), np.uint8)
+    out[oy : oy + sh, ox : ox + sw] = cv2.convertScaleAbs(small, alpha=255)  # rounded half to even, as np.round
+    return out
 
 
 # -- clothes ---------------------------------------------------------------------------------------
