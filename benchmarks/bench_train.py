@@ -145,3 +145,31 @@ def main() -> None:
     peak = matmul_peak()
     print(f"fast preset: {flops / f_t / 1e9:.1f} GFLOP/s achieved; float32 matmul peak here {peak:.0f} GFLOP/s "
           f"({flops / f_t / 1e9 / peak:.0%} of peak)")  # fmt: skip
+    ceiling = step_matmuls(from_preset("fast").batch_size)
+    print(f"  the step's matrix products alone at batch {from_preset('fast').batch_size}: {ceiling:.0f} GFLOP/s "
+          f"({ceiling / peak:.0%} of peak, the ceiling for any step of this model); the step's other work is "
+          f"{1 - flops / f_t / 1e9 / ceiling:.0%} of its time")  # fmt: skip
+
+
+def step_matmuls(batch: int) -> float:
+    """GFLOP/s of the MLP step's six matrix products alone (forward, weight gradients, hidden gradient)."""
+    x, w1, w2 = torch.rand(batch, 784), torch.randn(128, 784), torch.randn(10, 128)
+    h, dz, dh = torch.rand(batch, 128), torch.rand(batch, 10), torch.rand(batch, 128)
+    g1, g2 = torch.empty(128, 784), torch.empty(10, 128)
+
+    def products() -> None:
+        torch.mm(x, w1.t())
+        torch.mm(h, w2.t())
+        torch.mm(dz.t(), h, out=g2)
+        torch.mm(dz, w2)
+        torch.mm(x.t(), dh, out=g1.t())
+
+    products()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(50):
+            products()
+        best = min(best, (time.perf_counter() - t) / 50)
+    fwd = 2 * (784 * 128 + 128 * 10)
+    return (3 * fwd - 2 * 784 * 128) * batch / best / 1e9
