@@ -416,8 +416,8 @@ def _flat_ink_is_dark(g: np.ndarray, paper: float) -> bool:
 def _ink_above_paper(
     g: np.ndarray, inverted: bool, border: tuple[float, float], thumb: np.ndarray | None
 ) -> np.ndarray:
-    """The ink bright on dark over its paper at 0 (float32 0..1, 3×3 smoothed against sensor noise and
-    JPEG speckle), from ``g`` (uint8, 255 = white), the ink's polarity and the 5th and 90th percentile
+    """The ink bright on dark over its paper at 0, 3×3 smoothed against sensor noise and JPEG speckle:
+    uint16 sums of 3×3 8-bit values (:data:`SUM`, exact: the 3×3 mean in 0..1 is the sum / SUM), from ``g`` (uint8, 255 = white), the ink's polarity and the 5th and 90th percentile
     of the border as the ink-bright picture sees it.
 
     A picture whose border is evenly lit (a canvas, a scan, an MNIST image) has a flat paper: its level,
@@ -428,7 +428,7 @@ def _ink_above_paper(
     the frame has blobs of ink wider than its window, which it would take for background.
 
     In 8 bits, where the subtraction saturates at the paper (levels within half a step of the float
-    version's), and only the smoothing makes floats.
+    version's), and the smoothing in 16 (floats only for the ink's box, in _find_ink).
     """
     lo, hi = border
     if hi - lo < FLAT_BORDER or thumb is None:
@@ -436,14 +436,13 @@ def _ink_above_paper(
     else:
         paper = _rank_filter(thumb, 0.1 * THUMB_SIDE, "closing" if inverted else "opening", g.shape)
         x8 = cv2.subtract(paper, g) if inverted else cv2.subtract(g, paper)
-    x = cv2.boxFilter(x8, cv2.CV_32F, (3, 3), borderType=cv2.BORDER_REPLICATE)
-    return np.multiply(x, np.float32(1 / 255), out=x)
+    return cv2.boxFilter(x8, cv2.CV_16U, (3, 3), normalize=False, borderType=cv2.BORDER_REPLICATE)
 
 
 # The thumbnail the paper's light is estimated on (the opening), and the smaller one of the median
 # that decides the ink's polarity: each filter then costs the same for any picture.
 THUMB_SIDE = 64
-MEDIAN_SIDE = 32
+MEDIAN_SIDE = 16
 
 
 def _thumbnail(g: np.ndarray, side: int) -> np.ndarray:
@@ -473,11 +472,8 @@ def _rank_filter(small: np.ndarray, radius: float, how: str, shape: tuple[int, .
         padded = _odd_reflect(_odd_reflect(small, pad, 0), 0, pad)  # rows, then columns, as np.pad does
     else:
         padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    if how == "median":
-        # OpenCV's median takes windows this large only in 8 bits: 1/255 steps are finer than the noise
-        # this is compared with, and the mirrored slope is cut at black and white.
-        q = cv2.convertScaleAbs(cv2.max(padded, 0.0))  # rounded, at most 255
-        out = cv2.medianBlur(q, k)[pad:-pad, pad:-pad].astype(np.float32)
+    if how == "median":  # (OpenCV's median of floats: windows of 3 and 5)
+        out = cv2.medianBlur(padded, k)[pad:-pad, pad:-pad]
     else:
         kernel = _square(m)
         first, second = (cv2.erode, cv2.dilate) if how == "opening" else (cv2.dilate, cv2.erode)
@@ -539,18 +535,23 @@ def _border(g: np.ndarray) -> np.ndarray:
     return np.concatenate([b.ravel() for b in band])
 
 
-def _otsu(x: np.ndarray) -> float:
-    """Otsu's threshold over 256 bins from 0 to the maximum (OpenCV's, on the values in 8 bits)."""
-    top = float(x.max()) + 1e-6
-    # floor(x * 256 / top), at most 255, in one pass: |v - 0.5| rounded to the nearest, saturated.
-    q = cv2.convertScaleAbs(x, alpha=256 / top, beta=-0.5)
+def _otsu(s: np.ndarray, top: float) -> float:
+    """Otsu's threshold over 256 bins from 0 to ``top`` (OpenCV's, on the values in 8 bits)."""
+    # floor(s * 256 / top), at most 255, in one pass: |v - 0.5| rounded to the nearest, saturated.
+    q = cv2.convertScaleAbs(s, alpha=256 / top, beta=-0.5)
     t, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     return (t + 1) * top / 256  # the upper edge of the last bin counted as background
 
 
-def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int], str]:
+# The ink map's unit: it holds sums of 3×3 values of 0..255, the 3×3 mean in 0..1 times this.
+SUM = 9 * 255
+
+
+def _find_ink(s: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int], str]:
     """The digit's ink as a soft 0..1 map (anti-aliased edges kept) and a 0/1 mask of the pieces kept,
-    both cut to the kept pieces' box and one pixel more, and where that box starts (row, column).
+    both cut to the kept pieces' box and one pixel more, and where that box starts (row, column), from
+    :func:`_ink_above_paper`'s sums (uint16, :data:`SUM` for full ink: 16 bits hold them exactly, and
+    pass over a whole photo at half a float's memory traffic; floats only within the kept box).
 
     A piece counts as ink when it stands out from the paper right around it by far more than the
     paper's noise: shading left over from the lighting makes large blobs that rise slowly out of their
@@ -558,21 +559,23 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     and smaller pieces near it (a stroke broken by the pen); specks and dirt elsewhere go. The mask is
     None (with a reason) when there is nothing.
     """
-    sample = x[::8, ::8]  # every eighth pixel each way: the paper's level and noise, a 64th of the work
+    sample = s[::8, ::8]  # every eighth pixel each way: the paper's level and noise, a 64th of the work
     base = _median(sample)
-    sigma = 1.4826 * _median(np.abs(sample - base)) + 1e-4
-    if float(x.max()) - base < 0.03:
-        return x, None, (0, 0), "the picture is blank"
-    t = max(_otsu(x[::2, ::2]), base + 4 * sigma)
-    mask = (x > t).view(np.uint8)
+    sigma = 1.4826 * _median(np.abs(sample - np.float32(base))) + 1e-4 * SUM
+    top = float(s.max())
+    if top - base < 0.03 * SUM:
+        return s, None, (0, 0), "the picture is blank"
+    half = np.ascontiguousarray(s[::2, ::2])  # every other pixel: Otsu's histogram, a quarter of the work
+    t = max(_otsu(half, float(half.max()) + 1e-6 * SUM), base + 4 * sigma)
+    mask = (s > t).view(np.uint8)
     # Labelled within the ink's box and the 7 pixels of paper around it that ring_level reads (OpenCV's
     # statistics cost ~2 ns a pixel, background included: 3x the labelling on a whole photo).
     bc, br, bw, bh = cv2.boundingRect(mask)
     if bw == 0:  # (kept out of labelling: its one label would be the background)
-        return x, None, (0, 0), "the picture is blank"
-    full, (h, w), ink = x, x.shape, (bc, br, bw, bh)
+        return s, None, (0, 0), "the picture is blank"
+    full, (h, w), ink = s, s.shape, (bc, br, bw, bh)
     br, bc, be, bf = max(0, br - 7), max(0, bc - 7), min(h, br + bh + 7), min(w, bc + bw + 7)
-    x, mask = x[br:be, bc:bf], np.ascontiguousarray(mask[br:be, bc:bf])
+    x, mask = s[br:be, bc:bf], np.ascontiguousarray(mask[br:be, bc:bf])
     # Grana's block-based labelling, 16-bit labels (a 400×400 cut holds at most 40,000 pieces). One
     # piece is the mask's box; the boxes of several cost twice the labels, so only then.
     n, labels = cv2.connectedComponentsWithAlgorithm(mask, 8, cv2.CV_16U, cv2.CCL_GRANA)
@@ -586,7 +589,7 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
         main, keep, best = 0, None, pieces.contrast(0) - pieces.ring_level(0)
         strong = best >= STRONG_INK * sigma
     else:
-        main, keep, best = _choose(pieces, x - base, base, sigma)
+        main, keep, best = _choose(pieces, x - np.float32(base), base, sigma)
         strong = keep is not None
     if not strong:
         return full, None, (0, 0), f"nothing stands out from the paper (best contrast {best / sigma:.1f}× the noise)"
@@ -595,7 +598,10 @@ def _find_ink(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     c0, c1 = max(0, kept[:, 2].min() - 1), min(x.shape[1], kept[:, 3].max() + 2)
     level = pieces.p90(main)[1]
     lo = min(base + 3 * sigma, 0.5 * t)
-    soft = cv2.min(cv2.max((x[r0:r1, c0:c1] - lo) * (1 / max(level - lo, 1e-6)), 0.0), 1.0)
+    # (x - lo) / (level - lo), clipped to 0..1, in floats over the box alone (OpenCV's scaled conversion).
+    a = 1 / max(level - lo, 1e-6 * SUM)
+    soft = cv2.addWeighted(x[r0:r1, c0:c1], a, x[r0:r1, c0:c1], 0.0, -lo * a, dtype=cv2.CV_32F)
+    soft = cv2.min(cv2.max(soft, 0.0), 1.0)
     kept_mask = mask[r0:r1, c0:c1].copy() if keep is None else keep[labels[r0:r1, c0:c1]]
     return soft, kept_mask, (int(r0 + br), int(c0 + bc)), ""
 
