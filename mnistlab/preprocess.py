@@ -266,9 +266,9 @@ def kind_for(dataset: str | dict | None, class_names: tuple[str, ...] | list[str
 # pixels. The paper's level, its uneven light and the ink's polarity come from one small thumbnail.
 
 
-def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, float, _Counted | None]:
+def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, float, tuple[float, ...] | None]:
     """The picture's 8-bit luma (uint8, 255 = white) at working size, its scale from ``im``, and its
-    border's values (:func:`_border`, counted) when they were needed to choose the size.
+    border's levels (:func:`_border_levels`) when they were needed to choose the size.
 
     The decoder's 8-bit gray (:func:`mnistlab.imaging.flatten`: transparency on white paper) is shrunk
     by a box average by a whole factor, then bilinear for the rest (less than 2×, where OpenCV's area
@@ -278,12 +278,11 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
     w0, h0 = im.size
     scale = _work_scale(w0, h0) if kind == "digit" else min(1.0, WORK_SIDE / max(w0, h0))
     gray8 = imaging.flatten(im, "gray", where)
-    full = border = None
+    full = levels = None
     if kind == "digit" and max(w0, h0) * scale > FLAT_SIDE:
         full = imaging.gray_array(gray8)
-        border = _Counted(_border(full))
-        lo, hi = _percentiles(border, (5, 95))
-        if hi - lo < FLAT_BORDER * 255:
+        levels = _border_levels(full)
+        if levels[-1] - levels[0] < FLAT_BORDER:
             scale = FLAT_SIDE / max(w0, h0)
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
     if scale < 1:
@@ -296,7 +295,7 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
         return small, scale, None
     if scale != 1:
         return imaging.gray_array(gray8.resize(size, Image.BICUBIC)), scale, None
-    return (imaging.gray_array(gray8) if full is None else full), scale, border
+    return (imaging.gray_array(gray8) if full is None else full), scale, levels
 
 
 def _work_scale(w: int, h: int) -> float:
@@ -346,12 +345,11 @@ _SQUARES: dict[int, np.ndarray] = {}
 
 
 def _prepare_digit(
-    g: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None, border: _Counted | None = None
+    g: np.ndarray, scale: float, full: tuple[int, int], thicken: bool | None, levels: tuple[float, ...] | None = None
 ) -> Prepared:
     w0, h0 = full
     notes: list[str] = []
-    border = border or _Counted(_border(g))
-    p5, p10, mid, p90, p95 = (v / 255 for v in _percentiles(border, (5, 10, 50, 90, 95)))
+    p5, p10, mid, p90, p95 = levels or _border_levels(g)
     # A flat border (a canvas, a scan, an MNIST image) is the paper: the ink is whichever side of it holds
     # more. Otherwise (a photo) the ink is found against the local median (_ink_is_dark).
     flat = p95 - p5 < FLAT_BORDER
@@ -360,16 +358,15 @@ def _prepare_digit(
     # The ink's paper, as x = ink bright on dark sees it: the border's 5th to 90th percentile of x.
     x = _ink_above_paper(g, inverted, (1 - p95, 1 - p10) if inverted else (p5, p90), thumb)
     soft, keep, (r0, c0), reason = _find_ink(x)  # cut to the kept pieces: a few thousand pixels
-    empty = Prepared(np.zeros((SIDE, SIDE), np.uint8), "digit", (w0, h0), inverted, empty=True, notes=[reason])
     if keep is None:
-        return empty
-    soft = soft * _grow(keep)  # keep the anti-aliased rim of the strokes, drop the specks
+        return Prepared(np.zeros((SIDE, SIDE), np.uint8), "digit", (w0, h0), inverted, empty=True, notes=[reason])
+    soft = cv2.multiply(soft, _grow(keep), dtype=cv2.CV_32F)  # keep the anti-aliased rim, drop the specks
     left, top, cw, ch = cv2.boundingRect((soft > 0).view(np.uint8))
     bottom, right = top + ch, left + cw
-    big = max(bottom - top, right - left)
+    big = max(ch, cw)
     if big < max(4, 0.03 * max(x.shape)):
-        empty.notes = [f"only a speck of ink ({right - left}×{bottom - top} pixels)"]
-        return empty
+        reason = f"only a speck of ink ({cw}×{ch} pixels)"
+        return Prepared(np.zeros((SIDE, SIDE), np.uint8), "digit", (w0, h0), inverted, empty=True, notes=[reason])
     crop = soft[top:bottom, left:right]
     did_thicken = False
     width = _stroke_width(keep[top:bottom, left:right]) / big
@@ -460,9 +457,9 @@ def _thumbnail(g: np.ndarray, side: int) -> np.ndarray:
 
 def _rank_filter(small: np.ndarray, radius: float, how: str, shape: tuple[int, ...]) -> np.ndarray:
     """A rank filter of a thumbnail (float32 0..255) with a window ``radius`` pixels each side, smoothed
-    and enlarged to ``shape``: float32 for ``median``, uint8 for ``opening`` (min then max filter: removes
-    bright things narrower than the window and keeps broad ones) and ``closing`` (max then min: the
-    same for dark things)."""
+    and enlarged to ``shape``: float32 for ``median`` (a window of at most 5), uint8 for ``opening`` (min
+    then max filter: removes bright things narrower than the window and keeps broad ones) and ``closing``
+    (max then min: the same for dark things)."""
     m = round(radius)
     k, pad = 2 * m + 1, m if how == "median" else 2 * m  # an opening is two filters: twice the margin
     # Continue the picture past its edges as a mirrored slope: with plain edge copies, light that
@@ -473,15 +470,13 @@ def _rank_filter(small: np.ndarray, radius: float, how: str, shape: tuple[int, .
     else:
         padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     if how == "median":  # (OpenCV's median of floats: windows of 3 and 5)
-        out = cv2.medianBlur(padded, k)[pad:-pad, pad:-pad]
-    else:
-        kernel = _square(m)
-        first, second = (cv2.erode, cv2.dilate) if how == "opening" else (cv2.dilate, cv2.erode)
-        out = second(first(padded, kernel, borderType=cv2.BORDER_REPLICATE), kernel, borderType=cv2.BORDER_REPLICATE)
-        out = np.ascontiguousarray(out[pad:-pad, pad:-pad])  # every window inside lies wholly in the padding
-    out = _blur3(_blur3(out))
-    if how != "median":
-        out = cv2.convertScaleAbs(cv2.max(out, 0.0))
+        out = cv2.medianBlur(padded, k)
+    else:  # every window inside lies wholly in the padding
+        op = cv2.MORPH_OPEN if how == "opening" else cv2.MORPH_CLOSE
+        out = cv2.morphologyEx(padded, op, _square(m), borderType=cv2.BORDER_REPLICATE)
+    out = _blur3(_blur3(out[pad:-pad, pad:-pad]))
+    if how != "median":  # rounded to 8 bits, negatives (from the slope) to 0
+        out = cv2.addWeighted(out, 1.0, out, 0.0, 0.0, dtype=cv2.CV_8U)
     return cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
@@ -489,7 +484,8 @@ def _odd_reflect(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """``np.pad(a, ((rows, rows), (cols, cols)), mode="reflect", reflect_type="odd")`` from OpenCV's
     borders (a tenth of the cost): the edge value plus its difference to the mirrored one."""
     edge = cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REPLICATE)
-    return 2 * edge - cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REFLECT_101)
+    mirror = cv2.copyMakeBorder(a, rows, rows, cols, cols, cv2.BORDER_REFLECT_101)
+    return cv2.addWeighted(edge, 2.0, mirror, -1.0, 0.0)
 
 
 def _median(v: np.ndarray) -> float:
@@ -501,30 +497,18 @@ def _median(v: np.ndarray) -> float:
     return (float(part[k - 1]) + float(part[k])) / 2
 
 
-def _percentiles(ordered: np.ndarray | _Counted, qs: tuple[float, ...]) -> list[float]:
-    """``np.percentile`` (linear) of an already sorted array, for several ``qs`` at the cost of none."""
-    n = len(ordered)
-    out = []
-    for q in qs:
-        i = q / 100 * (n - 1)
-        f = int(i)
-        lo, hi = float(ordered[f]), float(ordered[min(f + 1, n - 1)])
-        out.append(lo + (i - f) * (hi - lo))
-    return out
+# The border's levels: its 5th, 10th, 50th, 90th and 95th percentiles.
+_LEVELS = np.array((5, 10, 50, 90, 95)) / 100
 
 
-class _Counted:
-    """8-bit values in order, from their counts (NumPy sorts uint8 slowly: ~30 ns a value); only what
-    :func:`_percentiles` reads of a sorted array."""
-
-    def __init__(self, values: np.ndarray) -> None:
-        self.ends = np.cumsum(np.bincount(values, minlength=256))  # value v ends before index ends[v]
-
-    def __len__(self) -> int:
-        return int(self.ends[-1])
-
-    def __getitem__(self, i: int) -> int:
-        return int(self.ends.searchsorted(i, side="right"))
+def _border_levels(g: np.ndarray) -> tuple[float, ...]:
+    """The 5th, 10th, 50th, 90th and 95th percentile (``np.percentile``'s linear, 0..1) of :func:`_border`
+    of ``g`` (uint8), from one sort (NumPy sorts bytes by counting when asked for a stable sort)."""
+    v = np.sort(_border(g), kind="stable")
+    i = _LEVELS * (v.size - 1)
+    f = i.astype(np.intp)
+    lo, hi = v[f], v[np.minimum(f + 1, v.size - 1)]
+    return tuple(((lo + (i - f) * (hi.astype(np.float64) - lo)) / 255).tolist())
 
 
 def _border(g: np.ndarray) -> np.ndarray:
