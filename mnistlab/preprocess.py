@@ -602,7 +602,7 @@ def _find_ink(s: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     # (x - lo) / (level - lo), clipped to 0..1, in floats over the box alone (OpenCV's scaled conversion).
     a = 1 / max(level - lo, 1e-6 * SUM)
     soft = cv2.addWeighted(x[r0:r1, c0:c1], a, x[r0:r1, c0:c1], 0.0, -lo * a, dtype=cv2.CV_32F)
-    soft = cv2.min(cv2.max(soft, 0.0), 1.0)
+    soft = np.clip(soft, 0.0, 1.0, out=soft)
     kept_mask = mask[r0:r1, c0:c1].copy() if keep is None else keep[labels[r0:r1, c0:c1]]
     return soft, kept_mask, (int(r0 + br), int(c0 + bc)), ""
 
@@ -688,10 +688,12 @@ class _Pieces:
         return self.on[box] if self.n == 1 else self.labels[box] == k + 1
 
 
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
 def _stroke_width(mask: np.ndarray) -> float:
     """Mean stroke width in pixels: twice the area over the boundary (a stroke has two edges)."""
-    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    inner = cv2.erode(mask, cross, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    inner = cv2.erode(mask, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     area = cv2.countNonZero(mask)
     return 2.0 * area / max(area - cv2.countNonZero(inner), 1)
 
@@ -711,16 +713,21 @@ def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
     """MNIST's last steps: fit into 20×20 keeping the aspect ratio, centre of mass to pixel (14, 14)."""
     h, w = crop.shape
     s = BOX / max(h, w)
-    small = cv2.min(cv2.max(_resize(crop, (max(1, round(w * s)), max(1, round(h * s)))), 0.0), 1.0)
+    small = _resize(crop, (max(1, round(w * s)), max(1, round(h * s))))
+    if s > 1:  # bicubic overshoots; area averages of 0..1 stay in 0..1
+        small = np.clip(small, 0.0, 1.0, out=small)
     sh, sw = small.shape
-    m = cv2.moments(small)  # the mass and its first moments, in one pass
-    total = m["m00"] or 1.0
-    cy, cx = m["m01"] / total, m["m10"] / total
+    rows, cols = small.sum(1, dtype=np.float64), small.sum(0, dtype=np.float64)
+    total = float(rows.sum()) or 1.0
+    cy, cx = float(rows @ _AT[:sh]) / total, float(cols @ _AT[:sw]) / total
     oy = min(max(round(SIDE // 2 - cy), 0), SIDE - sh)  # (np.clip on a number costs 15 µs)
     ox = min(max(round(SIDE // 2 - cx), 0), SIDE - sw)
     out = np.zeros((SIDE, SIDE), np.uint8)
     out[oy : oy + sh, ox : ox + sw] = cv2.convertScaleAbs(small, alpha=255)  # rounded half to even, as np.round
     return out
+
+
+_AT = np.arange(SIDE, dtype=np.float64)  # pixel positions, for the centre of mass
 
 
 # -- clothes ---------------------------------------------------------------------------------------
