@@ -507,18 +507,17 @@ def _select2(v: np.ndarray, f: int) -> tuple[float, float]:
     return float(part[: f + 1].max()), float(part[f + 1])
 
 
-# The border's levels: its 5th, 10th, 50th, 90th and 95th percentiles.
-_LEVELS = np.array((5, 10, 50, 90, 95)) / 100
-
-
 def _border_levels(g: np.ndarray) -> tuple[float, ...]:
     """The 5th, 10th, 50th, 90th and 95th percentile (``np.percentile``'s linear, 0..1) of :func:`_border`
     of ``g`` (uint8), from one sort (NumPy sorts bytes by counting when asked for a stable sort)."""
     v = np.sort(_border(g), kind="stable")
-    i = _LEVELS * (v.size - 1)
-    f = i.astype(np.intp)
-    lo, hi = v[f], v[np.minimum(f + 1, v.size - 1)]
-    return tuple(((lo + (i - f) * (hi.astype(np.float64) - lo)) / 255).tolist())
+    n, out = v.size, []
+    for q in (0.05, 0.10, 0.50, 0.90, 0.95):
+        i = q * (n - 1)
+        f = int(i)
+        lo, hi = int(v[f]), int(v[min(f + 1, n - 1)])  # (scalars: a tenth of the cost of NumPy's calls)
+        out.append((lo + (i - f) * (hi - lo)) / 255)
+    return tuple(out)
 
 
 def _border(g: np.ndarray) -> np.ndarray:
