@@ -40,6 +40,25 @@ def test_presets_hold_out_5000_images_except_the_lesson() -> None:
     assert from_preset("fast").val_split == from_preset("best").val_split == 5000
 
 
+def test_every_preset_is_in_both_readmes_tables() -> None:
+    from mnistlab.config import PRESETS
+
+    root = Path(__file__).resolve().parents[1]
+    for readme in ("README.md", "README.zh.md"):
+        text = (root / readme).read_text(encoding="utf-8")
+        missing = [name for name in PRESETS if f"\n| `{name}`" not in text]
+        assert not missing, f"{readme} has no table row for preset(s) {missing}"
+
+
+def test_record_preset_is_the_cnn_with_decoupled_weight_decay() -> None:
+    record = from_preset("record")
+    assert (record.model, record.optimizer, record.val_split) == ("cnn", "adamw", 5000)
+    assert record.weight_decay > 0 and record.augment
+    assert from_preset("record", dataset="fashion_mnist").augment == ""
+    opt = record.trainer_kwargs()
+    assert opt["optimizer"] == "adamw" and opt["weight_decay"] == record.weight_decay
+
+
 def test_callback_fields_are_checked() -> None:
     with pytest.raises(ConfigError, match="patience"):
         TrainConfig(early_stopping=-1).validate()

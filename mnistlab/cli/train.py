@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
-        help="starting settings (default: fast); best on fashion_mnist trains 7 epochs without augmentation",
+        help="starting settings (default: fast); on fashion_mnist, best trains 7 epochs and best and record train "
+        "without augmentation",
     )
     p.add_argument(
         "--config",
