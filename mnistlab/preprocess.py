@@ -22,7 +22,10 @@ data set's makers did to their scans, so the model sees the kind of image it was
 from __future__ import annotations
 
 import io
+import math
 import os
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,25 +280,79 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
     """
     w0, h0 = im.size
     scale = _work_scale(w0, h0) if kind == "digit" else min(1.0, WORK_SIDE / max(w0, h0))
-    gray8 = imaging.flatten(im, "gray", where)
     full = levels = None
     if kind == "digit" and max(w0, h0) * scale > FLAT_SIDE:
-        full = imaging.gray_array(gray8)
+        full = _gray_pixels(im, where)
         levels = _border_levels(full)
         if levels[-1] - levels[0] < FLAT_BORDER:
+            # A flat border (a canvas, a scan) stays flat when shrunk: its levels, measured here, serve.
             scale = FLAT_SIDE / max(w0, h0)
+            size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+            return cv2.resize(full, size, interpolation=cv2.INTER_LINEAR), scale, levels
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
     if scale < 1:
         k = min(w0 // size[0], h0 // size[1])
-        small = (
-            imaging.gray_array(gray8.reduce(k)) if k >= 2 else full if full is not None else imaging.gray_array(gray8)
-        )
+        if k >= 2:
+            gray8 = imaging.flatten(im, "gray", where) if full is None else Image.fromarray(full)
+            small = imaging.gray_array(gray8.reduce(k))
+        else:
+            small = _gray_pixels(im, where) if full is None else full
         if small.shape != size[::-1]:
             small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
         return small, scale, None
     if scale != 1:
-        return imaging.gray_array(gray8.resize(size, Image.BICUBIC)), scale, None
-    return (imaging.gray_array(gray8) if full is None else full), scale, levels
+        return imaging.gray_array(imaging.flatten(im, "gray", where).resize(size, Image.BICUBIC)), scale, None
+    return (_gray_pixels(im, where) if full is None else full), scale, levels
+
+
+_SCRATCH = threading.local()  # each thread's reusable working arrays (prepare_files and the server run threads)
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """An uninitialised array of ``shape`` that this thread reuses under ``name`` (grown when too small): no
+    allocation and no page faults on a fresh full-size array for each picture. Only for arrays that never
+    leave :func:`prepare_image`."""
+    n = math.prod(shape)
+    buf = _SCRATCH.__dict__.get(name)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = np.empty(max(n, 1 << 18), dtype)
+        if n <= SCRATCH_MAX:  # (a huge picture's arrays are not kept)
+            _SCRATCH.__dict__[name] = buf
+    return buf[:n].reshape(shape)
+
+
+SCRATCH_MAX = 1 << 21
+
+
+def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
+    """``imaging.gray_array(imaging.flatten(im, "gray", where))``; an opaque RGBA picture (a web page's
+    canvas) from one copy of its pixels: its alpha checked in one pass, its luma by OpenCV (the same
+    ITU-R 601 weights as Pillow's ``L``, rounded within one level of it; gray pixels exactly equal), a
+    third of the time of Pillow's alpha band, extrema and conversion."""
+    if im.mode == "RGBA" and sys.byteorder == "little":
+        rgba, target = _SCRATCH.__dict__.get("canvas", (None, None))
+        if target is None or target.size != im.size:  # (a page's canvases come in one size: made once)
+            rgba = _scratch("rgba", (im.height, im.width, 4), np.uint8)
+            target = Image.frombuffer("RGBA", im.size, rgba, "raw", "RGBA", 0, 1)
+            target.readonly = False  # frombuffer's image is marked read-only; its memory is our scratch array
+            if rgba.base is _SCRATCH.__dict__.get("rgba"):
+                _SCRATCH.canvas = rgba, target
+        target.paste(im, (0, 0))
+        if int(rgba.view(np.uint32).min()) >= 0xFF000000:  # alpha is each pixel's top byte: all 255
+            gray = cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY)
+            if _rgba_shares is None:
+                _check_rgba_shares(im, gray)
+            if _rgba_shares:
+                return gray
+    return imaging.gray_array(imaging.flatten(im, "gray", where))
+
+
+_rgba_shares: bool | None = None  # whether pasting into an image made by frombuffer writes the array
+
+
+def _check_rgba_shares(im: Image.Image, gray: np.ndarray) -> None:
+    global _rgba_shares
+    _rgba_shares = bool(np.abs(gray.astype(np.int16) - imaging.gray_array(im.convert("L"))).max() <= 1)
 
 
 def _work_scale(w: int, h: int) -> float:
@@ -403,11 +460,10 @@ def _ink_is_dark(g: np.ndarray, thumb: np.ndarray) -> bool:
 
 
 def _flat_ink_is_dark(g: np.ndarray, paper: float) -> bool:
-    """True for dark ink on a flat paper of level ``paper`` (0..1): more lies below it than above (every
-    other pixel: the same sums, a quarter of the work)."""
+    """True for dark ink on a flat paper of level ``paper`` (0..1): more lies below it than above."""
     # (The sum of the darker pixels' distances below it less the brighter ones' above is the sum of
     # paper - value: dark wins when the paper is at least the mean.)
-    return paper * 255 >= float(g[::2, ::2].mean(dtype=np.float64))
+    return paper * 255 >= cv2.mean(g)[0]
 
 
 def _ink_above_paper(
@@ -433,7 +489,8 @@ def _ink_above_paper(
     else:
         paper = _rank_filter(thumb, 0.1 * THUMB_SIDE, "closing" if inverted else "opening", g.shape)
         x8 = cv2.subtract(paper, g) if inverted else cv2.subtract(g, paper)
-    return cv2.boxFilter(x8, cv2.CV_16U, (3, 3), normalize=False, borderType=cv2.BORDER_REPLICATE)
+    sums = _scratch("sums", x8.shape, np.uint16)
+    return cv2.boxFilter(x8, cv2.CV_16U, (3, 3), dst=sums, normalize=False, borderType=cv2.BORDER_REPLICATE)
 
 
 # The thumbnail the paper's light is estimated on (the opening), and the smaller one of the median
@@ -577,12 +634,13 @@ def _find_ink(s: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     # Labelled within the ink's box and the 7 pixels of paper around it that ring_level reads (OpenCV's
     # statistics cost ~2 ns a pixel, background included: 3x the labelling on a whole photo). The box
     # from every other pixel, and two more (a piece of ink is wider than one: the 3×3 sums smear it).
-    hc, hr, hw, hh = cv2.boundingRect((half > t).view(np.uint8))
+    ti = math.floor(t)  # the sums are whole: above t is above its floor (and no cast of them to floats)
+    hc, hr, hw, hh = cv2.boundingRect((half > ti).view(np.uint8))
     if hw == 0:  # (kept out of labelling: its one label would be the background)
         return s, None, (0, 0), "the picture is blank"
     h, w = s.shape
     r0, c0 = max(0, 2 * hr - 9), max(0, 2 * hc - 9)
-    mask = (s[r0 : min(h, 2 * (hr + hh) + 9), c0 : min(w, 2 * (hc + hw) + 9)] > t).view(np.uint8)
+    mask = (s[r0 : min(h, 2 * (hr + hh) + 9), c0 : min(w, 2 * (hc + hw) + 9)] > ti).view(np.uint8)
     ic, ir, iw, ih = cv2.boundingRect(mask)  # the ink's box, to the pixel
     ink = (ic + c0, ir + r0, iw, ih)
     br, bc = max(r0, ink[1] - 7), max(c0, ink[0] - 7)
