@@ -325,14 +325,33 @@ SCRATCH_MAX = 1 << 21
 
 
 def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
-    """``imaging.gray_array(imaging.flatten(im, "gray", where))``; an opaque RGBA picture (a web page's
-    canvas) from one copy of its pixels: its alpha checked in one pass, its luma by OpenCV (the same
-    ITU-R 601 weights as Pillow's ``L``, rounded within one level of it; gray pixels exactly equal), a
-    third of the time of Pillow's alpha band, extrema and conversion."""
-    if im.mode == "RGBA" and sys.byteorder == "little":
+    """``imaging.gray_array(imaging.flatten(im, "gray", where))``, as an array this thread reuses (only for
+    working copies that never leave :func:`prepare_image`).
+
+    Pillow's pixels reach NumPy by a paste into an image whose memory is a NumPy array (a plain copy):
+    a gray picture (a photo decoded to its luma) into a page this thread keeps, rows :data:`PAGE_WIDTH`
+    bytes apart, made once (no ``frombuffer``, no allocation, no page faults per picture; the page stays
+    in the cache); an opaque RGBA picture (a web page's canvas) into a buffer of its size, its alpha
+    checked in one pass and its luma by OpenCV (the same ITU-R 601 weights as Pillow's ``L``, rounded
+    within one level of it; gray pixels exactly equal): a third of the time of Pillow's alpha band,
+    extrema and conversion. Anything else, or a first paste that does not share the memory: flattened
+    and copied as :mod:`mnistlab.imaging` does.
+    """
+    mode, (w, h) = im.mode, im.size
+    if _SHARES.get(mode) is False:
+        pass
+    elif mode == "L" and w <= PAGE_WIDTH and h <= PAGE_HEIGHT:
+        page, target = _page()
+        target.paste(im, (0, 0))
+        gray = page[:h, :w]
+        if _SHARES.get(mode) is None:
+            _SHARES[mode] = bool(np.array_equal(gray, np.asarray(im)))
+        if _SHARES[mode]:
+            return gray
+    elif mode == "RGBA" and sys.byteorder == "little":
         rgba, target = _SCRATCH.__dict__.get("canvas", (None, None))
         if target is None or target.size != im.size:  # (a page's canvases come in one size: made once)
-            rgba = _scratch("rgba", (im.height, im.width, 4), np.uint8)
+            rgba = _scratch("rgba", (h, w, 4), np.uint8)
             target = Image.frombuffer("RGBA", im.size, rgba, "raw", "RGBA", 0, 1)
             target.readonly = False  # frombuffer's image is marked read-only; its memory is our scratch array
             if rgba.base is _SCRATCH.__dict__.get("rgba"):
@@ -340,19 +359,27 @@ def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
         target.paste(im, (0, 0))
         if int(rgba.view(np.uint32).min()) >= 0xFF000000:  # alpha is each pixel's top byte: all 255
             gray = cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY)
-            if _rgba_shares is None:
-                _check_rgba_shares(im, gray)
-            if _rgba_shares:
+            if _SHARES.get(mode) is None:
+                _SHARES[mode] = bool(np.abs(gray - imaging.gray_array(im.convert("L")).astype(np.int16)).max() <= 1)
+            if _SHARES[mode]:
                 return gray
     return imaging.gray_array(imaging.flatten(im, "gray", where))
 
 
-_rgba_shares: bool | None = None  # whether pasting into an image made by frombuffer writes the array
+# The gray page: photos of 500-767 px are decoded at half size, smaller ones whole.
+PAGE_WIDTH, PAGE_HEIGHT = 512, 1024
+_SHARES: dict[str, bool] = {}  # per mode: whether a paste into frombuffer's image writes the array
 
 
-def _check_rgba_shares(im: Image.Image, gray: np.ndarray) -> None:
-    global _rgba_shares
-    _rgba_shares = bool(np.abs(gray.astype(np.int16) - imaging.gray_array(im.convert("L"))).max() <= 1)
+def _page() -> tuple[np.ndarray, Image.Image]:
+    """This thread's gray page and the PIL image whose pixels it is."""
+    page = _SCRATCH.__dict__.get("page")
+    if page is None:
+        a = np.empty((PAGE_HEIGHT, PAGE_WIDTH), np.uint8)
+        target = Image.frombuffer("L", (PAGE_WIDTH, PAGE_HEIGHT), a, "raw", "L", 0, 1)
+        target.readonly = False  # frombuffer's image is marked read-only; its memory is our array
+        page = _SCRATCH.page = a, target
+    return page
 
 
 def _work_scale(w: int, h: int) -> float:
@@ -594,7 +621,7 @@ def _border(g: np.ndarray) -> np.ndarray:
     h, w = g.shape
     m = max(2, round(0.04 * min(h, w)))
     band = (g[:m:2, ::2], g[-m::2, ::2], g[::2, :m:2], g[::2, -m::2])
-    return np.concatenate([b.ravel() for b in band])
+    return np.concatenate(band, axis=None)
 
 
 def _otsu(s: np.ndarray, top: float) -> float:
@@ -649,12 +676,15 @@ def _find_ink(s: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     # Grana's block-based labelling, 16-bit labels (a 400×400 cut holds at most 40,000 pieces). One
     # piece is the mask's box; the boxes of several cost twice the labels, so only then.
     n, labels = cv2.connectedComponentsWithAlgorithm(mask, 8, cv2.CV_16U, cv2.CCL_GRANA)
-    if n == 2:
-        stats = np.array([[ink[0] - bc, ink[1] - br, ink[2], ink[3]]])
+    if n == 2:  # (top, bottom, left, right), inclusive
+        boxes = [[ink[1] - br, ink[1] - br + ih - 1, ink[0] - bc, ink[0] - bc + iw - 1]]
+        pieces = _Pieces(x, mask, labels, boxes, full)
     else:
         n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_16U, cv2.CCL_GRANA)
-        stats = stats[1:]
-    pieces = _Pieces(x, mask, labels, stats, full)
+        # (top, bottom, left, right), inclusive, from OpenCV's (left, top, width, height, area).
+        bbox = stats[1:, (1, 1, 0, 0)]
+        bbox[:, 1::2] += stats[1:, (3, 2)] - 1
+        pieces = _Pieces(x, mask, labels, bbox.tolist(), full, bbox)
     if n == 2:  # one piece (a drawing, most photos): nothing to weigh or choose between, the same answer
         main, keep, best = 0, None, pieces.contrast(0) - pieces.ring_level(0)
         strong = best >= STRONG_INK * sigma
@@ -713,15 +743,20 @@ class _Pieces:
     labelled pixels alone; percentiles and the paper around a piece only for the pieces asked about."""
 
     def __init__(
-        self, x: np.ndarray, mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, full: np.ndarray
+        self,
+        x: np.ndarray,
+        mask: np.ndarray,
+        labels: np.ndarray,
+        boxes: list[list[int]],
+        full: np.ndarray,
+        bbox: np.ndarray | None = None,
     ) -> None:
-        self.x, self.labels, self.n, self.full = x, labels, len(stats), full  # full: the picture x is cut from
+        self.x, self.labels, self.n, self.full = x, labels, len(boxes), full  # full: the picture x is cut from
         self._p90: dict[int, tuple[float, float]] = {}
         self.on = mask.view(bool)
-        # (top, bottom, left, right), inclusive, from OpenCV's (left, top, width, height, area).
-        self.bbox = stats[:, (1, 1, 0, 0)]
-        self.bbox[:, 1::2] += stats[:, (3, 2)] - 1
-        self.boxes = self.bbox.tolist()  # as Python ints, for slicing
+        # Each piece's (top, bottom, left, right), inclusive: as Python ints (for slicing) and, for
+        # several pieces, as an array (for choosing between them).
+        self.boxes, self.bbox = boxes, bbox
 
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Sum of ``values`` over each piece."""
