@@ -512,10 +512,11 @@ def _ink_above_paper(
     """
     lo, hi = border
     if hi - lo < FLAT_BORDER or thumb is None:
-        x8 = cv2.subtract(255 * (1 - lo), g) if inverted else cv2.subtract(g, 255 * lo)
+        x8 = _scratch("x8", g.shape, np.uint8)
+        x8 = cv2.subtract(255 * (1 - lo), g, dst=x8) if inverted else cv2.subtract(g, 255 * lo, dst=x8)
     else:
         paper = _rank_filter(thumb, 0.1 * THUMB_SIDE, "closing" if inverted else "opening", g.shape)
-        x8 = cv2.subtract(paper, g) if inverted else cv2.subtract(g, paper)
+        x8 = cv2.subtract(paper, g, dst=paper) if inverted else cv2.subtract(g, paper, dst=paper)
     sums = _scratch("sums", x8.shape, np.uint16)
     return cv2.boxFilter(x8, cv2.CV_16U, (3, 3), dst=sums, normalize=False, borderType=cv2.BORDER_REPLICATE)
 
@@ -571,7 +572,9 @@ def _rank_filter(small: np.ndarray, radius: float, how: str, shape: tuple[int, .
     # picture beyond the edges, then cut to the picture, rounded to 8 bits (negatives, from the slope, 0).
     out = cv2.sepFilter2D(out, -1, _SMOOTH5, _SMOOTH5, borderType=cv2.BORDER_REPLICATE)[pad:-pad, pad:-pad]
     out = cv2.addWeighted(out, 1.0, out, 0.0, 0.0, dtype=cv2.CV_8U)
-    return cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    # (Into this thread's reused full-size array: _ink_above_paper subtracts the picture from it in place.)
+    paper = _scratch("x8", shape[:2], np.uint8)
+    return cv2.resize(out, (shape[1], shape[0]), dst=paper, interpolation=cv2.INTER_LINEAR)
 
 
 def _odd_reflect(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
