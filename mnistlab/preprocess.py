@@ -288,7 +288,8 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
             # A flat border (a canvas, a scan) stays flat when shrunk: its levels, measured here, serve.
             scale = FLAT_SIDE / max(w0, h0)
             size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
-            return cv2.resize(full, size, interpolation=cv2.INTER_LINEAR), scale, levels
+            small = _scratch("small", size[::-1], np.uint8)
+            return cv2.resize(full, size, dst=small, interpolation=cv2.INTER_LINEAR), scale, levels
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
     if scale < 1:
         k = min(w0 // size[0], h0 // size[1])
@@ -358,7 +359,7 @@ def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
                 _SCRATCH.canvas = rgba, target
         target.paste(im, (0, 0))
         if int(rgba.view(np.uint32).min()) >= 0xFF000000:  # alpha is each pixel's top byte: all 255
-            gray = cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY)
+            gray = cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY, dst=_scratch("gray", (h, w), np.uint8))
             if _SHARES.get(mode) is None:
                 _SHARES[mode] = bool(np.abs(gray - imaging.gray_array(im.convert("L")).astype(np.int16)).max() <= 1)
             if _SHARES[mode]:
@@ -708,7 +709,7 @@ def _find_ink(s: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     # (x - lo) / (level - lo), clipped to 0..1, in floats over the box alone (OpenCV's scaled conversion).
     a = 1 / max(level - lo, 1e-6 * SUM)
     soft = cv2.addWeighted(x[r0:r1, c0:c1], a, x[r0:r1, c0:c1], 0.0, -lo * a, dtype=cv2.CV_32F)
-    soft = np.clip(soft, 0.0, 1.0, out=soft)
+    np.minimum(np.maximum(soft, 0.0, out=soft), 1.0, out=soft)  # (np.clip's wrappers cost more than the two)
     kept_mask = mask[r0:r1, c0:c1].copy() if keep is None else keep[labels[r0:r1, c0:c1]]
     return soft, kept_mask, (int(r0 + br), int(c0 + bc)), ""
 
