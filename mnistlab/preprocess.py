@@ -690,7 +690,13 @@ def _find_ink(s: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
         bbox[:, 1::2] += stats[1:, (3, 2)] - 1
         pieces = _Pieces(x, mask, labels, bbox.tolist(), full, bbox)
     if n == 2:  # one piece (a drawing, most photos): nothing to weigh or choose between, the same answer
-        main, keep, best = 0, None, pieces.contrast(0) - pieces.ring_level(0)
+        main, keep, best = 0, None, pieces.contrast(0)
+        # The paper around the one piece lies in the cut and outside the piece, so at most t: ink that stands
+        # out from t by enough stands out from it too, and its ring need not be looked at. (The ring is
+        # empty only when the cut leaves no room of 4 pixels beside the piece on any side.)
+        room = max(ink[1] - br, ink[0] - bc, be - ink[1] - ih, bf - ink[0] - iw)
+        if room < 4 or best - t < STRONG_INK * sigma:
+            best -= pieces.ring_level(0)
         strong = best >= STRONG_INK * sigma
     else:
         main, keep, best = _choose(pieces, x - np.float32(base), base, sigma)
