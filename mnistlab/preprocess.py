@@ -153,7 +153,14 @@ def prepare_image(
         f = full[0] / im.width
         prepared.source_size = tuple(full)
         if prepared.bbox:
-            prepared.bbox = tuple(min(round(v * f), full[i % 2]) for i, v in enumerate(prepared.bbox))
+            left, top, right, bottom = prepared.bbox
+            w, h = full
+            prepared.bbox = (
+                min(round(left * f), w),
+                min(round(top * f), h),
+                min(round(right * f), w),
+                min(round(bottom * f), h),
+            )
     if prepared.empty and not allow_empty:
         what = "digit" if kind == "digit" else "object"
         raise EmptyImageError(f"{where}: no {what} found ({'; '.join(prepared.notes) or 'the picture is blank'})")
@@ -479,8 +486,11 @@ def _ink_is_dark(g: np.ndarray, thumb: np.ndarray) -> bool:
     small = cv2.resize(thumb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     resid = part - _rank_filter(small, 0.15 * MEDIAN_SIDE, "median", part.shape)
     sigma = 1.4826 * _median(np.abs(resid[::2, ::2])) + 0.255
-    dark = float(np.maximum(-resid - 3 * sigma, 0).sum())
-    bright = float(np.maximum(resid - 3 * sigma, 0).sum())
+    # The residuals beyond 3 sigma below and above, summed: max(-r - c, 0) = -min(r, -c) - c, max(r - c, 0) =
+    # max(r, c) - c (two calls a side instead of four; the sums in float64, where the c's cancel exactly).
+    c = 3 * sigma
+    dark = -float(np.minimum(resid, -c).sum(dtype=np.float64)) - c * resid.size
+    bright = float(np.maximum(resid, c).sum(dtype=np.float64)) - c * resid.size
     if abs(dark - bright) <= 0.2 * max(dark, bright):  # undecided: the border is usually paper
         edge = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
         return bool(_median(edge) >= _median(g))
