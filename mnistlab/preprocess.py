@@ -407,9 +407,11 @@ def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Float image to ``size`` (w, h): area averaging when shrinking (anti-aliasing, like MNIST's),
     bicubic when enlarging (PIL's, a = -0.5: OpenCV's sharper a = -0.75 rings around strokes)."""
     w, h = max(1, size[0]), max(1, size[1])
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
     if w <= a.shape[1] and h <= a.shape[0]:
-        return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
+        return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)  # (a cut of rows: OpenCV reads it in place)
+    a = np.ascontiguousarray(a)
     return np.array(Image.fromarray(a, "F").resize((w, h), Image.BICUBIC), dtype=np.float32)  # writable
 
 
