@@ -164,16 +164,16 @@ def speed(predictor, before: ModuleType | None, n: int) -> None:
     alone = []
     for name, items in ((f"{n} photos, 500-800 px JPEG", photos), (f"{n} canvas PNGs, 280×280", canvas)):
         decode, prepare, decode_alone = _split_ms(
-            lambda p: preprocess.read_image(p, gray=True), predictor.prepare, items
+            lambda p: preprocess.read_image(p, gray=True), predictor.prepare, items, repeats=5
         )
         old_decode, old, _ = (
             _split_ms(before.read_image, before.prepare_image, items) if before else (float("nan"),) * 3
         )
-        print(f"{name:<28} {decode:7.2f} {prepare:8.2f} {prepare / decode:7.1f}x {decode + prepare:6.2f} │ "
+        print(f"{name:<28} {decode:7.2f} {prepare:8.2f} {prepare / decode:7.2f}x {decode + prepare:6.2f} │ "
               f"{old_decode:7.2f} {old:8.2f} {old_decode + old:6.2f} │ "
               f"{(old_decode + old) / (decode + prepare):15.1f}x {model_ms:6.2f}")  # fmt: skip
         alone.append(f"{name.split(',')[0].split(' ', 1)[1]} {decode_alone:.2f} ms (prepare = total - that: "
-                     f"{decode + prepare - decode_alone:.2f}, {(decode + prepare) / decode_alone - 1:.1f}x)")  # fmt: skip
+                     f"{decode + prepare - decode_alone:.2f}, {(decode + prepare) / decode_alone - 1:.2f}x)")  # fmt: skip
     print(f"  (decode alone, in a loop of its own with warm caches: {'; '.join(alone)})")
     print(f"  (model: one picture per call; in batches of {len(prepared)} it is {batch_ms:.3f} ms a picture)")
 
