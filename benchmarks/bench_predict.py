@@ -4,7 +4,10 @@
 sends), per picture: decoding, preparing (the photo recipe) and the model, one picture at a time in one
 process; then ``predict`` on a folder of the photos (``Predictor.predict``: threads, batches).
 Times are CPU seconds of this process (``time.process_time``: on a shared machine wall-clock time measures
-the neighbours too), except the folder, which is wall-clock (it runs on every core).
+the neighbours too), except the folder, which is wall-clock (it runs on every core). Decode and prepare are
+each timed where they run, picture after picture (each then finds the caches as the other left them: the
+decoder runs slower there than in a loop of its own, which is shown too, with the prepare time it would
+leave by difference).
 
 **Accuracy.** The photo-like test set (``mnistlab.photolike``): MNIST test digits printed large as dark ink on
 paper of any shade under uneven light, off-centre, small or large, pencil-grey or pen-black, blurred, noisy,
