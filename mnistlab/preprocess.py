@@ -287,16 +287,13 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
     """
     w0, h0 = im.size
     scale = _work_scale(w0, h0) if kind == "digit" else min(1.0, WORK_SIDE / max(w0, h0))
-    full = levels = None
+    full = levels = kept = None
     if kind == "digit" and max(w0, h0) * scale > FLAT_SIDE:
         full = _gray_pixels(im, where)
         levels = _border_levels(full)
         if levels[-1] - levels[0] < FLAT_BORDER:
             # A flat border (a canvas, a scan) stays flat when shrunk: its levels, measured here, serve.
-            scale = FLAT_SIDE / max(w0, h0)
-            size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
-            small = _scratch("small", size[::-1], np.uint8)
-            return cv2.resize(full, size, dst=small, interpolation=cv2.INTER_LINEAR), scale, levels
+            scale, kept = FLAT_SIDE / max(w0, h0), levels
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
     if scale < 1:
         k = min(w0 // size[0], h0 // size[1])
@@ -306,8 +303,8 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
         else:
             small = _gray_pixels(im, where) if full is None else full
         if small.shape != size[::-1]:
-            small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
-        return small, scale, None
+            small = cv2.resize(small, size, dst=_scratch("small", size[::-1], np.uint8), interpolation=cv2.INTER_LINEAR)
+        return small, scale, kept
     if scale != 1:
         return imaging.gray_array(imaging.flatten(im, "gray", where).resize(size, Image.BICUBIC)), scale, None
     return (_gray_pixels(im, where) if full is None else full), scale, levels
@@ -329,7 +326,9 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     return buf[:n].reshape(shape)
 
 
-SCRATCH_MAX = 1 << 21
+# The largest array a thread keeps (elements: a 1024×1024 picture). The working copies are at most WORK_SIDE
+# a side, a canvas's pixels its size: a thread keeps a few MB at most.
+SCRATCH_MAX = 1 << 20
 
 
 def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:

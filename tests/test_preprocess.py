@@ -266,6 +266,9 @@ def test_a_canvas_gives_the_same_input_however_it_is_stored_and_shrunk() -> None
             prepare_image(png(Image.fromarray(rgba, "RGBA"))).image,
             prepare_image(png(Image.fromarray(flattened))).image,
         )
+    # A canvas three times FLAT_SIDE is box-averaged by three (Pillow's reduce), not sampled.
+    big = draw_digit(3, size=3 * FLAT_SIDE, width=30, rng=rng).convert("L")
+    assert np.array_equal(prepare_image(png(big.convert("RGBA"))).image, prepare_image(big.reduce(3)).image)
 
 
 def test_threads_prepare_as_one_thread_does(tmp_path) -> None:
