@@ -22,7 +22,10 @@ data set's makers did to their scans, so the model sees the kind of image it was
 from __future__ import annotations
 
 import io
+import math
 import os
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +153,14 @@ def prepare_image(
         f = full[0] / im.width
         prepared.source_size = tuple(full)
         if prepared.bbox:
-            prepared.bbox = tuple(min(round(v * f), full[i % 2]) for i, v in enumerate(prepared.bbox))
+            left, top, right, bottom = prepared.bbox
+            w, h = full
+            prepared.bbox = (
+                min(round(left * f), w),
+                min(round(top * f), h),
+                min(round(right * f), w),
+                min(round(bottom * f), h),
+            )
     if prepared.empty and not allow_empty:
         what = "digit" if kind == "digit" else "object"
         raise EmptyImageError(f"{where}: no {what} found ({'; '.join(prepared.notes) or 'the picture is blank'})")
@@ -277,25 +287,106 @@ def _work_gray(im: Image.Image, kind: str, where: str) -> tuple[np.ndarray, floa
     """
     w0, h0 = im.size
     scale = _work_scale(w0, h0) if kind == "digit" else min(1.0, WORK_SIDE / max(w0, h0))
-    gray8 = imaging.flatten(im, "gray", where)
-    full = levels = None
+    full = levels = kept = None
     if kind == "digit" and max(w0, h0) * scale > FLAT_SIDE:
-        full = imaging.gray_array(gray8)
+        full = _gray_pixels(im, where)
         levels = _border_levels(full)
         if levels[-1] - levels[0] < FLAT_BORDER:
-            scale = FLAT_SIDE / max(w0, h0)
+            # A flat border (a canvas, a scan) stays flat when shrunk: its levels, measured here, serve.
+            scale, kept = FLAT_SIDE / max(w0, h0), levels
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
     if scale < 1:
         k = min(w0 // size[0], h0 // size[1])
-        small = (
-            imaging.gray_array(gray8.reduce(k)) if k >= 2 else full if full is not None else imaging.gray_array(gray8)
-        )
+        if k >= 2:
+            gray8 = imaging.flatten(im, "gray", where) if full is None else Image.fromarray(full)
+            small = imaging.gray_array(gray8.reduce(k))
+        else:
+            small = _gray_pixels(im, where) if full is None else full
         if small.shape != size[::-1]:
-            small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
-        return small, scale, None
+            small = cv2.resize(small, size, dst=_scratch("small", size[::-1], np.uint8), interpolation=cv2.INTER_LINEAR)
+        return small, scale, kept
     if scale != 1:
-        return imaging.gray_array(gray8.resize(size, Image.BICUBIC)), scale, None
-    return (imaging.gray_array(gray8) if full is None else full), scale, levels
+        return imaging.gray_array(imaging.flatten(im, "gray", where).resize(size, Image.BICUBIC)), scale, None
+    return (_gray_pixels(im, where) if full is None else full), scale, levels
+
+
+_SCRATCH = threading.local()  # each thread's reusable working arrays (prepare_files and the server run threads)
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """An uninitialised array of ``shape`` that this thread reuses under ``name`` (grown when too small): no
+    allocation and no page faults on a fresh full-size array for each picture. Only for arrays that never
+    leave :func:`prepare_image`."""
+    n = math.prod(shape)
+    buf = _SCRATCH.__dict__.get(name)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = np.empty(max(n, 1 << 18), dtype)
+        if n <= SCRATCH_MAX:  # (a huge picture's arrays are not kept)
+            _SCRATCH.__dict__[name] = buf
+    return buf[:n].reshape(shape)
+
+
+# The largest array a thread keeps (elements: a 1024×1024 picture). The working copies are at most WORK_SIDE
+# a side, a canvas's pixels its size: a thread keeps a few MB at most.
+SCRATCH_MAX = 1 << 20
+
+
+def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
+    """``imaging.gray_array(imaging.flatten(im, "gray", where))``, as an array this thread reuses (only for
+    working copies that never leave :func:`prepare_image`).
+
+    Pillow's pixels reach NumPy by a paste into an image whose memory is a NumPy array (a plain copy):
+    a gray picture (a photo decoded to its luma) into a page this thread keeps, rows :data:`PAGE_WIDTH`
+    bytes apart, made once (no ``frombuffer``, no allocation, no page faults per picture; the page stays
+    in the cache); an opaque RGBA picture (a web page's canvas) into a buffer of its size, its alpha
+    checked in one pass and its luma by OpenCV (the same ITU-R 601 weights as Pillow's ``L``, rounded
+    within one level of it; gray pixels exactly equal): a third of the time of Pillow's alpha band,
+    extrema and conversion. Anything else, or a first paste that does not share the memory: flattened
+    and copied as :mod:`mnistlab.imaging` does.
+    """
+    mode, (w, h) = im.mode, im.size
+    if _SHARES.get(mode) is False:
+        pass
+    elif mode == "L" and w <= PAGE_WIDTH and h <= PAGE_HEIGHT:
+        page, target = _page()
+        target.paste(im, (0, 0))
+        gray = page[:h, :w]
+        if _SHARES.get(mode) is None:
+            _SHARES[mode] = bool(np.array_equal(gray, np.asarray(im)))
+        if _SHARES[mode]:
+            return gray
+    elif mode == "RGBA" and sys.byteorder == "little":
+        rgba, target = _SCRATCH.__dict__.get("canvas", (None, None))
+        if target is None or target.size != im.size:  # (a page's canvases come in one size: made once)
+            rgba = _scratch("rgba", (h, w, 4), np.uint8)
+            target = Image.frombuffer("RGBA", im.size, rgba, "raw", "RGBA", 0, 1)
+            target.readonly = False  # frombuffer's image is marked read-only; its memory is our scratch array
+            if rgba.base is _SCRATCH.__dict__.get("rgba"):
+                _SCRATCH.canvas = rgba, target
+        target.paste(im, (0, 0))
+        if int(rgba.view(np.uint32).min()) >= 0xFF000000:  # alpha is each pixel's top byte: all 255
+            gray = cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY, dst=_scratch("gray", (h, w), np.uint8))
+            if _SHARES.get(mode) is None:
+                _SHARES[mode] = bool(np.abs(gray - imaging.gray_array(im.convert("L")).astype(np.int16)).max() <= 1)
+            if _SHARES[mode]:
+                return gray
+    return imaging.gray_array(imaging.flatten(im, "gray", where))
+
+
+# The gray page: photos of 500-767 px are decoded at half size, smaller ones whole.
+PAGE_WIDTH, PAGE_HEIGHT = 512, 1024
+_SHARES: dict[str, bool] = {}  # per mode: whether a paste into frombuffer's image writes the array
+
+
+def _page() -> tuple[np.ndarray, Image.Image]:
+    """This thread's gray page and the PIL image whose pixels it is."""
+    page = _SCRATCH.__dict__.get("page")
+    if page is None:
+        a = np.empty((PAGE_HEIGHT, PAGE_WIDTH), np.uint8)
+        target = Image.frombuffer("L", (PAGE_WIDTH, PAGE_HEIGHT), a, "raw", "L", 0, 1)
+        target.readonly = False  # frombuffer's image is marked read-only; its memory is our array
+        page = _SCRATCH.page = a, target
+    return page
 
 
 def _work_scale(w: int, h: int) -> float:
@@ -315,9 +406,11 @@ def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Float image to ``size`` (w, h): area averaging when shrinking (anti-aliasing, like MNIST's),
     bicubic when enlarging (PIL's, a = -0.5: OpenCV's sharper a = -0.75 rings around strokes)."""
     w, h = max(1, size[0]), max(1, size[1])
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
     if w <= a.shape[1] and h <= a.shape[0]:
-        return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
+        return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)  # (a cut of rows: OpenCV reads it in place)
+    a = np.ascontiguousarray(a)
     return np.array(Image.fromarray(a, "F").resize((w, h), Image.BICUBIC), dtype=np.float32)  # writable
 
 
@@ -394,8 +487,11 @@ def _ink_is_dark(g: np.ndarray, thumb: np.ndarray) -> bool:
     small = cv2.resize(thumb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     resid = part - _rank_filter(small, 0.15 * MEDIAN_SIDE, "median", part.shape)
     sigma = 1.4826 * _median(np.abs(resid[::2, ::2])) + 0.255
-    dark = float(np.maximum(-resid - 3 * sigma, 0).sum())
-    bright = float(np.maximum(resid - 3 * sigma, 0).sum())
+    # The residuals beyond 3 sigma below and above, summed: max(-r - c, 0) = -min(r, -c) - c, max(r - c, 0) =
+    # max(r, c) - c (two calls a side instead of four; the sums in float64, where the c's cancel exactly).
+    c = 3 * sigma
+    dark = -float(np.minimum(resid, -c).sum(dtype=np.float64)) - c * resid.size
+    bright = float(np.maximum(resid, c).sum(dtype=np.float64)) - c * resid.size
     if abs(dark - bright) <= 0.2 * max(dark, bright):  # undecided: the border is usually paper
         edge = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
         return bool(_median(edge) >= _median(g))
@@ -403,11 +499,10 @@ def _ink_is_dark(g: np.ndarray, thumb: np.ndarray) -> bool:
 
 
 def _flat_ink_is_dark(g: np.ndarray, paper: float) -> bool:
-    """True for dark ink on a flat paper of level ``paper`` (0..1): more lies below it than above (every
-    other pixel: the same sums, a quarter of the work)."""
+    """True for dark ink on a flat paper of level ``paper`` (0..1): more lies below it than above."""
     # (The sum of the darker pixels' distances below it less the brighter ones' above is the sum of
     # paper - value: dark wins when the paper is at least the mean.)
-    return paper * 255 >= float(g[::2, ::2].mean(dtype=np.float64))
+    return paper * 255 >= cv2.mean(g)[0]
 
 
 def _ink_above_paper(
@@ -429,11 +524,13 @@ def _ink_above_paper(
     """
     lo, hi = border
     if hi - lo < FLAT_BORDER or thumb is None:
-        x8 = cv2.subtract(255 * (1 - lo), g) if inverted else cv2.subtract(g, 255 * lo)
+        x8 = _scratch("x8", g.shape, np.uint8)
+        x8 = cv2.subtract(255 * (1 - lo), g, dst=x8) if inverted else cv2.subtract(g, 255 * lo, dst=x8)
     else:
         paper = _rank_filter(thumb, 0.1 * THUMB_SIDE, "closing" if inverted else "opening", g.shape)
-        x8 = cv2.subtract(paper, g) if inverted else cv2.subtract(g, paper)
-    return cv2.boxFilter(x8, cv2.CV_16U, (3, 3), normalize=False, borderType=cv2.BORDER_REPLICATE)
+        x8 = cv2.subtract(paper, g, dst=paper) if inverted else cv2.subtract(g, paper, dst=paper)
+    sums = _scratch("sums", x8.shape, np.uint16)
+    return cv2.boxFilter(x8, cv2.CV_16U, (3, 3), dst=sums, normalize=False, borderType=cv2.BORDER_REPLICATE)
 
 
 # The thumbnail the paper's light is estimated on (the opening), and the smaller one of the median
@@ -487,7 +584,9 @@ def _rank_filter(small: np.ndarray, radius: float, how: str, shape: tuple[int, .
     # picture beyond the edges, then cut to the picture, rounded to 8 bits (negatives, from the slope, 0).
     out = cv2.sepFilter2D(out, -1, _SMOOTH5, _SMOOTH5, borderType=cv2.BORDER_REPLICATE)[pad:-pad, pad:-pad]
     out = cv2.addWeighted(out, 1.0, out, 0.0, 0.0, dtype=cv2.CV_8U)
-    return cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    # (Into this thread's reused full-size array: _ink_above_paper subtracts the picture from it in place.)
+    paper = _scratch("x8", shape[:2], np.uint8)
+    return cv2.resize(out, (shape[1], shape[0]), dst=paper, interpolation=cv2.INTER_LINEAR)
 
 
 def _odd_reflect(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -537,7 +636,7 @@ def _border(g: np.ndarray) -> np.ndarray:
     h, w = g.shape
     m = max(2, round(0.04 * min(h, w)))
     band = (g[:m:2, ::2], g[-m::2, ::2], g[::2, :m:2], g[::2, -m::2])
-    return np.concatenate([b.ravel() for b in band])
+    return np.concatenate(band, axis=None)
 
 
 def _otsu(s: np.ndarray, top: float) -> float:
@@ -577,12 +676,13 @@ def _find_ink(s: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     # Labelled within the ink's box and the 7 pixels of paper around it that ring_level reads (OpenCV's
     # statistics cost ~2 ns a pixel, background included: 3x the labelling on a whole photo). The box
     # from every other pixel, and two more (a piece of ink is wider than one: the 3×3 sums smear it).
-    hc, hr, hw, hh = cv2.boundingRect((half > t).view(np.uint8))
+    ti = math.floor(t)  # the sums are whole: above t is above its floor (and no cast of them to floats)
+    hc, hr, hw, hh = cv2.boundingRect((half > ti).view(np.uint8))
     if hw == 0:  # (kept out of labelling: its one label would be the background)
         return s, None, (0, 0), "the picture is blank"
     h, w = s.shape
     r0, c0 = max(0, 2 * hr - 9), max(0, 2 * hc - 9)
-    mask = (s[r0 : min(h, 2 * (hr + hh) + 9), c0 : min(w, 2 * (hc + hw) + 9)] > t).view(np.uint8)
+    mask = (s[r0 : min(h, 2 * (hr + hh) + 9), c0 : min(w, 2 * (hc + hw) + 9)] > ti).view(np.uint8)
     ic, ir, iw, ih = cv2.boundingRect(mask)  # the ink's box, to the pixel
     ink = (ic + c0, ir + r0, iw, ih)
     br, bc = max(r0, ink[1] - 7), max(c0, ink[0] - 7)
@@ -591,14 +691,23 @@ def _find_ink(s: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     # Grana's block-based labelling, 16-bit labels (a 400×400 cut holds at most 40,000 pieces). One
     # piece is the mask's box; the boxes of several cost twice the labels, so only then.
     n, labels = cv2.connectedComponentsWithAlgorithm(mask, 8, cv2.CV_16U, cv2.CCL_GRANA)
-    if n == 2:
-        stats = np.array([[ink[0] - bc, ink[1] - br, ink[2], ink[3]]])
+    if n == 2:  # (top, bottom, left, right), inclusive
+        boxes = [[ink[1] - br, ink[1] - br + ih - 1, ink[0] - bc, ink[0] - bc + iw - 1]]
+        pieces = _Pieces(x, mask, labels, boxes, full)
     else:
         n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_16U, cv2.CCL_GRANA)
-        stats = stats[1:]
-    pieces = _Pieces(x, mask, labels, stats, full)
+        # (top, bottom, left, right), inclusive, from OpenCV's (left, top, width, height, area).
+        bbox = stats[1:, (1, 1, 0, 0)]
+        bbox[:, 1::2] += stats[1:, (3, 2)] - 1
+        pieces = _Pieces(x, mask, labels, bbox.tolist(), full, bbox)
     if n == 2:  # one piece (a drawing, most photos): nothing to weigh or choose between, the same answer
-        main, keep, best = 0, None, pieces.contrast(0) - pieces.ring_level(0)
+        main, keep, best = 0, None, pieces.contrast(0)
+        # The paper around the one piece lies in the cut and outside the piece, so at most t: ink that stands
+        # out from t by enough stands out from it too, and its ring need not be looked at. (The ring is
+        # empty only when the cut leaves no room of 4 pixels beside the piece on any side.)
+        room = max(ink[1] - br, ink[0] - bc, be - ink[1] - ih, bf - ink[0] - iw)
+        if room < 4 or best - t < STRONG_INK * sigma:
+            best -= pieces.ring_level(0)
         strong = best >= STRONG_INK * sigma
     else:
         main, keep, best = _choose(pieces, x - np.float32(base), base, sigma)
@@ -617,7 +726,7 @@ def _find_ink(s: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple[int, 
     # (x - lo) / (level - lo), clipped to 0..1, in floats over the box alone (OpenCV's scaled conversion).
     a = 1 / max(level - lo, 1e-6 * SUM)
     soft = cv2.addWeighted(x[r0:r1, c0:c1], a, x[r0:r1, c0:c1], 0.0, -lo * a, dtype=cv2.CV_32F)
-    soft = np.clip(soft, 0.0, 1.0, out=soft)
+    np.minimum(np.maximum(soft, 0.0, out=soft), 1.0, out=soft)  # (np.clip's wrappers cost more than the two)
     kept_mask = mask[r0:r1, c0:c1].copy() if keep is None else keep[labels[r0:r1, c0:c1]]
     return soft, kept_mask, (int(r0 + br), int(c0 + bc)), ""
 
@@ -655,15 +764,20 @@ class _Pieces:
     labelled pixels alone; percentiles and the paper around a piece only for the pieces asked about."""
 
     def __init__(
-        self, x: np.ndarray, mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, full: np.ndarray
+        self,
+        x: np.ndarray,
+        mask: np.ndarray,
+        labels: np.ndarray,
+        boxes: list[list[int]],
+        full: np.ndarray,
+        bbox: np.ndarray | None = None,
     ) -> None:
-        self.x, self.labels, self.n, self.full = x, labels, len(stats), full  # full: the picture x is cut from
+        self.x, self.labels, self.n, self.full = x, labels, len(boxes), full  # full: the picture x is cut from
         self._p90: dict[int, tuple[float, float]] = {}
         self.on = mask.view(bool)
-        # (top, bottom, left, right), inclusive, from OpenCV's (left, top, width, height, area).
-        self.bbox = stats[:, (1, 1, 0, 0)]
-        self.bbox[:, 1::2] += stats[:, (3, 2)] - 1
-        self.boxes = self.bbox.tolist()  # as Python ints, for slicing
+        # Each piece's (top, bottom, left, right), inclusive: as Python ints (for slicing) and, for
+        # several pieces, as an array (for choosing between them).
+        self.boxes, self.bbox = boxes, bbox
 
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Sum of ``values`` over each piece."""

@@ -8,6 +8,7 @@ import time
 import zlib
 from collections import deque
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,7 +20,9 @@ from mnistlab.export.numpy_infer import label_runs
 from mnistlab.imaging import MAX_PIXELS
 from mnistlab.photolike import draw_digit, render_photo
 from mnistlab.preprocess import (
+    FLAT_SIDE,
     kind_for,
+    prepare_files,
     prepare_image,
     read_image,
     to_gray,
@@ -237,6 +240,57 @@ def test_large_photo_is_fast_enough() -> None:
     p = prepare_image(buf.getvalue())
     assert time.perf_counter() - t0 < 3.0  # generous: CPUs here are shared
     assert p.source_size == (3000, 2200)
+
+
+def test_a_canvas_gives_the_same_input_however_it_is_stored_and_shrunk() -> None:
+    # A web page's canvas is an opaque RGBA PNG: its gray comes from a copy of its pixels and OpenCV's luma,
+    # its flat border is measured once at full size and the picture shrunk to FLAT_SIDE. The same drawing
+    # stored as gray, as colour, or already shrunk (the general path, its border measured after) gives the
+    # same input; a translucent pixel sends it through the decoder's flattening onto white.
+    rng = np.random.default_rng(3)
+    for d in (0, 4, 7):
+        gray = np.asarray(draw_digit(d, size=280, width=18, rng=rng).convert("L"))
+        canvas = prepare_image(png(Image.fromarray(gray).convert("RGBA")))
+        assert canvas.inverted and canvas.bbox is not None  # dark ink on white
+        assert np.array_equal(canvas.image, prepare_image(png(Image.fromarray(gray))).image)
+        shrunk = prepare_image(cv2.resize(gray, (FLAT_SIDE, FLAT_SIDE), interpolation=cv2.INTER_LINEAR))
+        assert np.array_equal(canvas.image, shrunk.image), d
+        tinted = np.stack([gray // 2, gray, 255 - (255 - gray) // 3], axis=-1)  # coloured pen and paper
+        as_rgb = prepare_image(png(Image.fromarray(tinted))).image.astype(int)
+        assert np.abs(prepare_image(png(Image.fromarray(tinted).convert("RGBA"))).image - as_rgb).max() <= 1
+        rgba = np.dstack([tinted, np.full(gray.shape, 255, np.uint8)])
+        rgba[0, 0, 3] = 0  # one transparent pixel: white paper there
+        flattened = tinted.copy()
+        flattened[0, 0] = 255
+        assert np.array_equal(
+            prepare_image(png(Image.fromarray(rgba, "RGBA"))).image,
+            prepare_image(png(Image.fromarray(flattened))).image,
+        )
+    # A canvas three times FLAT_SIDE is box-averaged by three (Pillow's reduce), not sampled.
+    big = draw_digit(3, size=3 * FLAT_SIDE, width=30, rng=rng).convert("L")
+    assert np.array_equal(prepare_image(png(big.convert("RGBA"))).image, prepare_image(big.reduce(3)).image)
+
+
+def test_threads_prepare_as_one_thread_does(tmp_path) -> None:
+    # The working copies are arrays each thread reuses: pictures of different kinds and sizes prepared in
+    # threads give what one thread gives, and an input stays as it was after the next picture is prepared.
+    rng = np.random.default_rng(5)
+    (_, _), (x, _) = mnist.load_data()
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"p{i}.{'jpg' if i % 3 else 'png'}"
+        if i % 3:  # photos of 240-800 px: decoded whole, at half size, or shrunk
+            path.write_bytes(render_photo(x[i], rng, sides=(240, 800)))
+        else:
+            Image.fromarray(np.asarray(draw_digit(i % 10, size=280, width=18, rng=rng).convert("RGBA"))).save(path)
+        paths.append(str(path))
+    alone = [prepare_image(p) for p in paths]
+    first = alone[0].image.copy()
+    prepare_image(paths[1])
+    assert np.array_equal(alone[0].image, first)
+    threaded = list(prepare_files(paths, paths, {}, workers=4, processes=False))
+    for a, b in zip(alone, threaded, strict=True):
+        assert np.array_equal(a.image, b.image) and a.bbox == b.bbox
 
 
 def reference_pictures() -> list[tuple[str, bytes, dict]]:
