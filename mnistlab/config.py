@@ -599,7 +599,7 @@ PRESETS: dict[str, dict] = {
     ),
 }
 # The accuracy ceiling (issue 16): the best preset's CNN at width 32 for 12 epochs with AdamW's decoupled
-# weight decay: 58 TFLOP of training (mnistlab.models.training_flops); seeds 0-2: 99.70/99.72/99.63%.
+# weight decay: 58 TFLOP of training (mnistlab.models.training_flops); seeds 0-4: 99.70/99.72/99.63/99.69/99.68%.
 # `python -m benchmarks record` measures it; pair it with `mnistlab ensemble RUN... --tta`.
 PRESETS["record"] = {**PRESETS["best"], "width": 32, "epochs": 12, "optimizer": "adamw", "weight_decay": 0.05}
 
