@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.bench_train import matmul_peak
-from benchmarks.common import table
+from benchmarks.common import reached, table
 from mnistlab.config import from_preset
 from mnistlab.datasets import load_for
 from mnistlab.models import training_flops
@@ -36,13 +36,13 @@ def one(dataset: str, seed: int, out: Path, peak: float) -> tuple[float, float, 
     result = train_run(config, out, verbose=0)
     h = json.loads((out / "history.json").read_text())
     val = h["history"]["val_sparse_categorical_accuracy"]
-    first = next((t for t, v in zip(h["times"], val, strict=True) if v >= 0.995), None)
+    first = next((t for t, v in zip(h["times"], val, strict=True) if reached(v, 0.995)), None)
     model = RunFolder(out).load("last").model
     full = len(load_for(config, progress=False).x_train)
     n_train = full - config.validation_count(full)  # the images one epoch trains on
     per_epoch = training_flops(model, n_train) / 1e12
     total = per_epoch * result["epochs"]
-    to = [next((per_epoch * (i + 1) for i, v in enumerate(val) if v >= goal), None) for goal in (0.995, 0.996)]
+    to = [next((per_epoch * (i + 1) for i, v in enumerate(val) if reached(v, goal)), None) for goal in (0.995, 0.996)]
     share = total * 1e12 / result["train_time_s"] / 1e9 / peak
     print(f"  {dataset} seed {seed}: {result['test']['sparse_categorical_accuracy']:.4f} in {result['train_time_s']:.1f}s, "
           f"{total:.1f} TFLOP ({per_epoch:.2f} an epoch of {n_train} images), {share:.0%} of fp32 peak; "
@@ -61,7 +61,7 @@ def main() -> None:
             a = statistics.median(r[1] for r in runs)
             firsts = [r[2] for r in runs if r[2] is not None]
             first = f"{statistics.median(firsts):.1f}s ({len(firsts)}/3 seeds)" if firsts else "never"
-            verdict = f"{'met' if a >= acc_target and t <= time_target else 'MISSED'} (≥ {acc_target:.1%} in ≤ {time_target}s)"
+            verdict = f"{'met' if reached(a, acc_target) and t <= time_target else 'MISSED'} (≥ {acc_target:.1%} in ≤ {time_target}s)"
             tflop = statistics.median(r[3] for r in runs)
             to = [[r[4][i] for r in runs if r[4][i] is not None] for i in (0, 1)]
             reach = [f"{statistics.median(x):.1f} ({len(x)}/3)" if x else "never" for x in to]
