@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.bench_train import matmul_peak
 from benchmarks.common import reached, table
-from mnistlab.config import from_preset
+from mnistlab.config import TrainConfig, from_preset
 from mnistlab.datasets import load_for
 from mnistlab.models import training_flops
 from mnistlab.runfolder import RunFolder
@@ -37,17 +37,26 @@ def one(dataset: str, seed: int, out: Path, peak: float) -> tuple[float, float, 
     h = json.loads((out / "history.json").read_text())
     val = h["history"]["val_sparse_categorical_accuracy"]
     first = next((t for t, v in zip(h["times"], val, strict=True) if reached(v, 0.995)), None)
-    model = RunFolder(out).load("last").model
-    full = len(load_for(config, progress=False).x_train)
-    n_train = full - config.validation_count(full)  # the images one epoch trains on
-    per_epoch = training_flops(model, n_train) / 1e12
+    n_train, per_epoch = epoch_compute(config, out)
     total = per_epoch * result["epochs"]
-    to = [next((per_epoch * (i + 1) for i, v in enumerate(val) if reached(v, goal)), None) for goal in (0.995, 0.996)]
+    to = tflop_to(val, per_epoch, (0.995, 0.996))
     share = total * 1e12 / result["train_time_s"] / 1e9 / peak
     print(f"  {dataset} seed {seed}: {result['test']['sparse_categorical_accuracy']:.4f} in {result['train_time_s']:.1f}s, "
           f"{total:.1f} TFLOP ({per_epoch:.2f} an epoch of {n_train} images), {share:.0%} of fp32 peak; "
           f"val per epoch: {', '.join(f'{v:.4f}' for v in val)}", flush=True)  # fmt: skip
     return result["train_time_s"], result["test"]["sparse_categorical_accuracy"], first, total, to
+
+
+def epoch_compute(config: TrainConfig, out: Path) -> tuple[int, float]:
+    """The images one epoch of the run in ``out`` trained on (the validation split held out) and their TFLOP."""
+    full = len(load_for(config, progress=False).x_train)
+    n_train = full - config.validation_count(full)
+    return n_train, training_flops(RunFolder(out).load("last").model, n_train) / 1e12
+
+
+def tflop_to(val: list[float], per_epoch: float, goals: tuple[float, ...]) -> list[float | None]:
+    """For each goal, the TFLOP trained by the end of the first epoch whose validation accuracy reached it."""
+    return [next((per_epoch * (i + 1) for i, v in enumerate(val) if reached(v, goal)), None) for goal in goals]
 
 
 def main() -> None:

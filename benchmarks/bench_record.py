@@ -16,13 +16,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.bench_best import epoch_compute, tflop_to
 from benchmarks.bench_train import matmul_peak
 from benchmarks.common import reached, table
 from mnistlab.analysis import ensemble
 from mnistlab.config import from_preset
-from mnistlab.datasets import load_for
-from mnistlab.models import training_flops
-from mnistlab.runfolder import RunFolder
 from mnistlab.runs import train_run
 
 SEEDS = (0, 1, 2)
@@ -33,15 +31,14 @@ def one(seed: int, out: Path, peak: float) -> dict:
     config = from_preset("record", seed=seed)
     result = train_run(config, out, verbose=0)
     val = json.loads((out / "history.json").read_text())["history"]["val_sparse_categorical_accuracy"]
-    full = len(load_for(config, progress=False).x_train)
-    per_epoch = training_flops(RunFolder(out).load("last").model, full - config.validation_count(full)) / 1e12
+    _, per_epoch = epoch_compute(config, out)
     row = {
         "seed": seed,
         "acc": result["test"]["sparse_categorical_accuracy"],
         "tta": ensemble([out], tta=True).accuracy,
         "time": result["train_time_s"],
         "tflop": per_epoch * result["epochs"],
-        "to": [next((per_epoch * (i + 1) for i, v in enumerate(val) if reached(v, g)), None) for g in GOALS],
+        "to": tflop_to(val, per_epoch, GOALS),
     }
     row["share"] = row["tflop"] * 1e3 / row["time"] / peak
     print(f"  seed {seed}: test {row['acc']:.4f}, with TTA {row['tta']:.4f}; {row['time']:.0f}s, {row['tflop']:.1f} "
