@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 RESUME_KEYS = ("model", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup",
                "label_smoothing", "batch_size", "seed", "augment", "data", "n_train", "validation_freq",
                "precision")  # fmt: skip
+# What ``augment`` is when it is not a spec: a batch and the run's generator in, the augmented batch out.
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
 SOFTMAX_WARNING = (
     "the model's last layer is {name}, but the loss (cross-entropy) expects logits: training sees a double "
     "softmax and learns slowly; remove the last layer (predict() applies the softmax)"
@@ -88,7 +91,7 @@ class Trainer:
         label_smoothing: float = 0.0,
         seed: int = 0,
         device: str | torch.device = "auto",
-        augment: str | Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        augment: str | Augmentation | None = None,
         augment_spec: str = "",
         precision: str = "fp32",
         channels_last: bool = False,
@@ -439,21 +442,12 @@ def _with_progbar(callbacks: list[Callback] | None) -> list[Callback]:
     return cbs if any(isinstance(cb, ProgbarLogger) for cb in cbs) else [*cbs, ProgbarLogger()]
 
 
-def _parse_augment(spec: str) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
-    if not spec:
-        return None
-    from mnistlab.augment import Augment
-
-    return Augment.parse(spec)
-
-
-Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
 def _augmentation(augment: str | Augmentation | None, spec: str) -> tuple[Augmentation | None, str]:
     """The augmentation and its spec from what ``Trainer`` was given: a spec string, a callable, or a spec alone."""
     if isinstance(augment, str):
         spec, augment = augment, None
     if augment is None and spec:  # a spec alone (as a config gives it) builds the augmentation
-        augment = _parse_augment(spec)
+        from mnistlab.augment import Augment
+
+        augment = Augment.parse(spec)
     return augment, spec
