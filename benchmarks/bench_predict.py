@@ -157,8 +157,9 @@ def speed(predictor, before: ModuleType | None, n: int) -> None:
     prepared = [predictor.prepare(p) for p in photos[:n]]
     batch_ms = _cpu_ms(lambda _: predictor.predict_prepared(prepared), [0]) / len(prepared)
     print(f"\nper picture, CPU ms of one process (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-    print("(decode: as the pipeline decodes, a colour JPEG straight to gray; prepare: the recipe on the decoded")
-    print(" picture; each timed in place, picture after picture; 'before': the code before issue 19; total: both)")
+    print("(decode: as the pipeline decodes, a colour JPEG straight to gray, into memory the thread reuses; prepare:")
+    print(" the recipe on the decoded picture; each timed in place, picture after picture; 'before': the code before")
+    print(" issue 19; total: both)")
     header = (f"{'pictures':<28} {'decode':>7} {'prepare':>8} {'prep/dec':>8} {'total':>6} │ {'decode':>7} {'prepare':>8}"
               f" {'total':>6} │ {'total now/before':>16} {'model':>6}")  # fmt: skip
     print(f"{'':<28} {'now':-^32} │ {'before':-^24} │")
@@ -167,7 +168,10 @@ def speed(predictor, before: ModuleType | None, n: int) -> None:
     alone = []
     for name, items in ((f"{n} photos, 500-800 px JPEG", photos), (f"{n} canvas PNGs, 280×280", canvas)):
         decode, prepare, decode_alone = _split_ms(
-            lambda p: preprocess.read_image(p, gray=True), predictor.prepare, items, repeats=5
+            lambda p: preprocess.read_image(p, gray=True, into=preprocess._decode_target),
+            predictor.prepare,
+            items,
+            repeats=5,
         )
         old_decode, old, _ = (
             _split_ms(before.read_image, before.prepare_image, items) if before else (float("nan"),) * 3

@@ -30,7 +30,8 @@ import os
 import stat
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -140,12 +141,16 @@ def open_image(
     max_pixels: int = MAX_PIXELS,
     follow_symlinks: bool = True,
     gray: bool = False,
+    into: Callable[[str, tuple[int, int]], Any] | None = None,
 ) -> Image.Image:
     """A path, encoded bytes, an array or a PIL image → a loaded PIL image, upright (EXIF).
 
     ``size`` (width, height) is the smallest size the caller needs: a JPEG larger than that is decoded
     at 1/2, 1/4 or 1/8 scale, and ``info[FULL_SIZE]`` then keeps its upright size in the file. With
     ``gray``, a colour JPEG is decoded to its luma (mode ``L``); other pictures are unchanged.
+    ``into(mode, size)``, for a caller that reuses memory: the Pillow core image (``Image.im``) a JPEG
+    is to be decoded into, or None for a new one. The picture returned then shares that memory: it is
+    only valid until the caller reuses it.
 
     >>> open_image(np.zeros((5, 7), np.uint8)).size
     (7, 5)
@@ -159,10 +164,11 @@ def open_image(
         where = name or "image data"
         if not src:
             raise refusal(where, "empty file (0 bytes)", "file")
-        return _open_bytes(bytes(src), where, size, max_pixels, gray)
+        return _open_bytes(bytes(src), where, size, max_pixels, gray, into)
     if isinstance(src, str | os.PathLike):
         where = name or str(src)
-        return _open_bytes(read_file(src, where, follow_symlinks=follow_symlinks), where, size, max_pixels, gray)
+        data = read_file(src, where, follow_symlinks=follow_symlinks)
+        return _open_bytes(data, where, size, max_pixels, gray, into)
     raise refusal(name or "input", f"cannot read an image from a {type(src).__name__}")
 
 
@@ -181,7 +187,12 @@ def _orientation(im: Image.Image) -> int:
 
 
 def _open_bytes(
-    data: bytes, where: str, size: tuple[int, int] | None, max_pixels: int, gray: bool = False
+    data: bytes,
+    where: str,
+    size: tuple[int, int] | None,
+    max_pixels: int,
+    gray: bool = False,
+    into: Callable[[str, tuple[int, int]], Any] | None = None,
 ) -> Image.Image:
     with warnings.catch_warnings():
         # Our own limit applies (checked below, before any pixel is decoded); Pillow's warning would only
@@ -202,6 +213,8 @@ def _open_bytes(
         if im.format == "JPEG" and (size is not None or gray):
             mode = "L" if gray and im.mode == "RGB" else im.mode  # libjpeg's luma: no chroma decoded
             im.draft(mode, (tuple(size[::-1]) if turned else tuple(size)) if size is not None else None)
+            if into is not None and (core := into(im.mode, im.size)) is not None:
+                im.im = core  # (Pillow decodes into the image memory it finds, and makes one only when there is none)
         im.load()
         if _has_exif(im) and _orientation(im) != 1:  # phone photos store "rotate me" in EXIF
             im = ImageOps.exif_transpose(im)

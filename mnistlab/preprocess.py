@@ -26,9 +26,10 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,18 +72,21 @@ FLAT_BORDER = 0.025
 # -- reading pictures -------------------------------------------------------------------------------
 
 
-def read_image(src: ImageSource, name: str | None = None, *, gray: bool = False) -> Image.Image:
+def read_image(
+    src: ImageSource, name: str | None = None, *, gray: bool = False, into: Callable[..., Any] | None = None
+) -> Image.Image:
     """Decode a path, encoded bytes, an array or a PIL image into a loaded PIL image, upright (EXIF).
 
     The one safe decoder, :func:`mnistlab.imaging.open_image`: not-images, truncated files, decompression
     bombs, folders, FIFOs and devices are refused with ``ImageError`` naming ``name`` (or the path); a
     big JPEG is decoded at a scale still at least :data:`DRAFT_SIDE` (its size in the file is then in
     ``info[FULL_SIZE]``). ``gray``: only the gray picture is needed (a colour JPEG is decoded to its luma).
+    ``into``: reused memory to decode a JPEG into (see ``open_image``).
 
     >>> read_image(np.zeros((5, 7), np.uint8)).size
     (7, 5)
     """
-    return imaging.open_image(src, name, size=(DRAFT_SIDE, DRAFT_SIDE), gray=gray)
+    return imaging.open_image(src, name, size=(DRAFT_SIDE, DRAFT_SIDE), gray=gray, into=into)
 
 
 # -- the prepared input --------------------------------------------------------------------------
@@ -140,9 +144,9 @@ def prepare_image(
     if kind not in KINDS:
         raise ImageError(f"unknown preprocessing kind {kind!r} (choose from {', '.join(KINDS)})")
     where = name or (str(src) if isinstance(src, str | os.PathLike) else "image")
-    im = read_image(src, where, gray=kind != "plain" or channels == 1)
     if kind == "plain":
-        return _prepare_plain(im, size, channels)
+        return _prepare_plain(read_image(src, where, gray=channels == 1), size, channels)
+    im = read_image(src, where, gray=True, into=_decode_target)  # (the picture never leaves this function)
     gray, scale, border = _work_gray(im, kind, where)
     if kind == "fashion":
         prepared = _prepare_fashion(np.multiply(gray, np.float32(1 / 255), dtype=np.float32), scale, im.size)
@@ -345,6 +349,12 @@ def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
     and copied as :mod:`mnistlab.imaging` does.
     """
     mode, (w, h) = im.mode, im.size
+    if mode == "L" and im.im is _SCRATCH.__dict__.get("decoded") and _SHARES.get("decoded") is not False:
+        gray = _page()[0][:h, :w]  # decoded into the page (_decode_target)
+        if _SHARES.get("decoded") is None:
+            _SHARES["decoded"] = bool(np.array_equal(gray, np.asarray(im)))
+        if _SHARES["decoded"]:
+            return gray
     if _SHARES.get(mode) is False:
         pass
     elif mode == "L" and w <= PAGE_WIDTH and h <= PAGE_HEIGHT:
@@ -376,6 +386,17 @@ def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
 # The gray page: photos of 500-767 px are decoded at half size, smaller ones whole.
 PAGE_WIDTH, PAGE_HEIGHT = 512, 1024
 _SHARES: dict[str, bool] = {}  # per mode: whether a paste into frombuffer's image writes the array
+
+
+def _decode_target(mode: str, size: tuple[int, int]) -> Any:
+    """This thread's gray page as the Pillow core image a JPEG's luma is decoded into (its pixels then need
+    no copy: :func:`_gray_pixels`), or None (another mode, too large, or a decoder found not to write it)."""
+    w, h = size
+    if mode != "L" or w > PAGE_WIDTH or h > PAGE_HEIGHT or _SHARES.get("decoded") is False:
+        return None
+    core = Image.frombuffer("L", size, _page()[0], "raw", "L", PAGE_WIDTH, 1).im  # rows PAGE_WIDTH apart
+    _SCRATCH.decoded = core
+    return core
 
 
 def _page() -> tuple[np.ndarray, Image.Image]:

@@ -293,6 +293,22 @@ def test_threads_prepare_as_one_thread_does(tmp_path) -> None:
         assert np.array_equal(a.image, b.image) and a.bbox == b.bbox
 
 
+def test_a_jpeg_decoded_into_the_reused_page_prepares_as_a_fresh_decode() -> None:
+    # prepare_image decodes a JPEG's luma straight into memory its thread reuses (no copy afterwards);
+    # the input must be what a picture decoded on its own gives, for photos decoded whole and at half size.
+    from mnistlab import preprocess
+
+    rng = np.random.default_rng(11)
+    (_, _), (x, _) = mnist.load_data()
+    for i, sides in enumerate(((240, 500), (520, 760), (770, 800), (1600, 2000))):
+        jpeg = render_photo(x[i], rng, sides=sides)
+        direct = prepare_image(jpeg)
+        fresh = prepare_image(preprocess.read_image(jpeg, gray=True))  # a picture of its own: copied once
+        assert np.array_equal(direct.image, fresh.image) and direct.bbox == fresh.bbox, sides
+        assert direct.source_size == Image.open(io.BytesIO(jpeg)).size
+    assert preprocess._SHARES.get("decoded") is True  # the decoder wrote the page: the fast path ran
+
+
 def reference_pictures() -> list[tuple[str, bytes, dict]]:
     """The fixed pictures of ``tests/data/prepared_reference.npz`` (photos, canvas drawings, scans) and
     what the NumPy pipeline before issue 19 (commit 9e1480c) made of them."""
