@@ -6,6 +6,8 @@ choice logic itself (``pick_device``, ``distributed.device_for``, the config che
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -244,3 +246,41 @@ def test_a_run_records_its_threads_and_a_resumed_run_keeps_them(monkeypatch, tmp
     result = train_run(None, out, resume=True, overrides={"epochs": 2}, verbose=0)
     assert result["threads"] == 1
     assert json.loads((out / "config.json").read_text())["threads"] == 1
+
+
+# One training step of the fast preset on MNIST in a fresh process, two threads: the weights' digest. The lean
+# step's exp is MKL's vector math, whose first call from two threads at once left 5 of 16 such processes
+# with other last bits before devices.warm_vector_math (8 fresh processes all alike by chance: ~5%).
+FIRST_STEP = """
+import hashlib, os, sys
+import torch
+from mnistlab.callbacks import Callback
+from mnistlab.config import from_preset
+from mnistlab.engine import Trainer
+from mnistlab.runs import build_for, load_dataset
+torch.set_num_threads(2)
+class FirstStep(Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        print(hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+        sys.stdout.flush()
+        os._exit(0)
+config = from_preset("fast")
+ds = load_dataset(config, progress=False)
+torch.manual_seed(0)
+model = build_for(config, ds)
+Trainer(model, **{**config.trainer_kwargs(), "device": "cpu"}, verbose=0).fit(
+    ds.x_train, ds.y_train, batch_size=256, epochs=1, validation_split=config.val_split, callbacks=[FirstStep()])
+"""
+
+
+def test_every_process_computes_the_same_first_step() -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    digests = []
+    for _ in range(8):  # one after another: the race needs both cores free for the two threads
+        p = subprocess.run([sys.executable, "-c", FIRST_STEP], capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        digests.append(p.stdout.strip())
+    assert len(set(digests)) == 1, digests

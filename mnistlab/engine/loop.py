@@ -43,7 +43,7 @@ from mnistlab import checkpoint as ckpt
 from mnistlab import distributed, faults
 from mnistlab.callbacks import Callback, CallbackList, ProgbarLogger, running_logs
 from mnistlab.config import SCHEDULES
-from mnistlab.devices import PRECISIONS, accumulator_dtype, pick_device, resolve_precision
+from mnistlab.devices import PRECISIONS, accumulator_dtype, pick_device, resolve_precision, warm_vector_math
 from mnistlab.engine import steps
 from mnistlab.engine.data import TrainData, as_images, as_labels, first_leaf, prepare
 from mnistlab.engine.optim import lr_at, make_optimizer
@@ -100,6 +100,7 @@ class Trainer:
         dist: Context | None = None,
     ) -> None:
         _check(schedule, label_smoothing, lr, precision)
+        warm_vector_math()  # the same last bits in every process (devices.warm_vector_math)
         self.dist = dist
         if dist is not None and device == "auto":
             device = dist.device
