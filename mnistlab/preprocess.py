@@ -73,7 +73,11 @@ FLAT_BORDER = 0.025
 
 
 def read_image(
-    src: ImageSource, name: str | None = None, *, gray: bool = False, into: Callable[..., Any] | None = None
+    src: ImageSource,
+    name: str | None = None,
+    *,
+    gray: bool = False,
+    into: Callable[[str, tuple[int, int]], Any] | None = None,
 ) -> Image.Image:
     """Decode a path, encoded bytes, an array or a PIL image into a loaded PIL image, upright (EXIF).
 
@@ -339,33 +343,28 @@ def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
     """``imaging.gray_array(imaging.flatten(im, "gray", where))``, as an array this thread reuses (only for
     working copies that never leave :func:`prepare_image`).
 
-    Pillow's pixels reach NumPy by a paste into an image whose memory is a NumPy array (a plain copy):
-    a gray picture (a photo decoded to its luma) into a page this thread keeps, rows :data:`PAGE_WIDTH`
-    bytes apart, made once (no ``frombuffer``, no allocation, no page faults per picture; the page stays
-    in the cache); an opaque RGBA picture (a web page's canvas) into a buffer of its size, its alpha
+    A JPEG's luma decoded into the page this thread keeps (:func:`_decode_target`) is read where it lies.
+    Other pixels reach NumPy by a paste into an image whose memory is a NumPy array (a plain copy): a gray
+    picture into that page, rows :data:`PAGE_WIDTH` bytes apart, made once (no ``frombuffer``, no
+    allocation, no page faults per picture; the page stays in the cache); an opaque RGBA picture (a web page's canvas) into a buffer of its size, its alpha
     checked in one pass and its luma by OpenCV (the same ITU-R 601 weights as Pillow's ``L``, rounded
     within one level of it; gray pixels exactly equal): a third of the time of Pillow's alpha band,
-    extrema and conversion. Anything else, or a first paste that does not share the memory: flattened
+    extrema and conversion. Anything else, or a way first found not to share the memory: flattened
     and copied as :mod:`mnistlab.imaging` does.
     """
     mode, (w, h) = im.mode, im.size
-    if mode == "L" and im.im is _SCRATCH.__dict__.get("decoded") and _SHARES.get("decoded") is not False:
-        gray = _page()[0][:h, :w]  # decoded into the page (_decode_target)
-        if _SHARES.get("decoded") is None:
-            _SHARES["decoded"] = bool(np.array_equal(gray, np.asarray(im)))
-        if _SHARES["decoded"]:
-            return gray
-    if _SHARES.get(mode) is False:
-        pass
-    elif mode == "L" and w <= PAGE_WIDTH and h <= PAGE_HEIGHT:
+    if mode == "L" and w <= PAGE_WIDTH and h <= PAGE_HEIGHT:
         page, target = _page()
-        target.paste(im, (0, 0))
-        gray = page[:h, :w]
-        if _SHARES.get(mode) is None:
-            _SHARES[mode] = bool(np.array_equal(gray, np.asarray(im)))
-        if _SHARES[mode]:
-            return gray
-    elif mode == "RGBA" and sys.byteorder == "little":
+        way = "decoded" if im.im is _SCRATCH.__dict__.get("decoded") else mode  # decoded into the page: no copy
+        if _SHARES.get(way) is not False:
+            if way == mode:
+                target.paste(im, (0, 0))
+            gray = page[:h, :w]
+            if _SHARES.get(way) is None:
+                _SHARES[way] = bool(np.array_equal(gray, np.asarray(im)))
+            if _SHARES[way]:
+                return gray
+    elif mode == "RGBA" and sys.byteorder == "little" and _SHARES.get(mode) is not False:
         rgba, target = _SCRATCH.__dict__.get("canvas", (None, None))
         if target is None or target.size != im.size:  # (a page's canvases come in one size: made once)
             rgba = _scratch("rgba", (h, w, 4), np.uint8)
@@ -385,7 +384,8 @@ def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
 
 # The gray page: photos of 500-767 px are decoded at half size, smaller ones whole.
 PAGE_WIDTH, PAGE_HEIGHT = 512, 1024
-_SHARES: dict[str, bool] = {}  # per mode: whether a paste into frombuffer's image writes the array
+# Per way ("decoded" into the page, or a paste of a mode into frombuffer's image): whether it writes the array.
+_SHARES: dict[str, bool] = {}
 
 
 def _decode_target(mode: str, size: tuple[int, int]) -> Any:
