@@ -84,6 +84,45 @@ def test_label_smoothing_and_schedules_train(data) -> None:
         assert h.history[f"val_{ACC}"][-1] > 0.85, schedule
 
 
+def test_orthogonalize_brings_every_singular_value_near_one() -> None:
+    from mnistlab.engine.optim import orthogonalize
+
+    torch.manual_seed(0)
+    for shape in ((16, 9), (32, 288), (64, 288), (128, 784)):  # the CNN's kernels as matrices, the MLP's layer
+        u, _, v = torch.linalg.svd(torch.randn(shape), full_matrices=False)
+        g = u @ torch.diag(torch.logspace(-1, 1, min(shape))) @ v  # singular values 0.1 .. 10
+        s = torch.linalg.svdvals(orthogonalize(g))
+        assert s.min() > 0.65 and s.max() < 1.25, (shape, s.min(), s.max())
+
+
+def test_muon_steps_hidden_kernels_by_muon_and_the_rest_by_adamw(data) -> None:
+    from mnistlab.engine.optim import MUON_ADAM_LR_RATIO, Muon
+    from mnistlab.models import cnn
+
+    model = cnn(width=8)
+    trainer, h = fit(data, model=model, optimizer="muon", lr=0.05, weight_decay=0.1, schedule="onecycle")
+    assert h.history[f"val_{ACC}"][-1] > 0.95
+    opt = trainer.optimizer
+    assert isinstance(opt, Muon)
+    muon, adam = opt.param_groups
+    kernels = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [id(p) for p in muon["params"]] == [id(p) for p in kernels] and muon["muon"]
+    assert any(p is model[-1].weight for p in adam["params"]) and not adam["muon"] and adam["weight_decay"] == 0.1
+    assert trainer.base_lrs == [0.05, 0.05 * MUON_ADAM_LR_RATIO]
+    assert set(opt.state[kernels[0]]) == {"momentum_buffer"}
+    assert set(opt.state[model[-1].weight]) == {"step", "exp_avg", "exp_avg_sq"}
+    # one Muon step moves a kernel by about lr * sqrt(max(1, out/in)) * its orthogonalised direction
+    w = kernels[1].detach().clone()
+    kernels[1].grad = torch.randn_like(w)
+    for group in opt.param_groups:
+        group["lr"] = 0.05 if group["muon"] else 0.0
+    opt.state[kernels[1]]["momentum_buffer"].zero_()
+    opt.step()
+    step = (kernels[1].detach() - w).reshape(len(w), -1)
+    s = torch.linalg.svdvals(step / 0.05)
+    assert s.min() > 0.6 and s.max() < 1.25
+
+
 def test_lr_schedules_shape() -> None:
     total = 1000
     one = [lr_at(s, total, 1.0, "onecycle", 0.25) for s in range(total)]

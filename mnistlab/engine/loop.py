@@ -141,7 +141,9 @@ class Trainer:
             self.optimizer, self.optimizer_name = optimizer, type(optimizer).__name__.lower()
             lr = float(optimizer.param_groups[0]["lr"])
         else:
-            self.optimizer = make_optimizer(optimizer, self.model.parameters(), lr, momentum, weight_decay, self.device)
+            self.optimizer = make_optimizer(
+                optimizer, self.model.parameters(), lr, momentum, weight_decay, self.device, model=self.model
+            )
             self.optimizer_name = optimizer
         self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         return lr
