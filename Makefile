@@ -39,7 +39,7 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
-bench-best: $(STAMP)  ## the CNN preset, 3 seeds on MNIST and Fashion-MNIST (about 13 minutes)
+bench-best: $(STAMP)  ## the CNN preset, 3 seeds on MNIST and Fashion-MNIST (about 5 minutes)
 	$(BIN)/python -m benchmarks best
 
 bench-record: $(STAMP)  ## the record preset, 3 seeds, with TTA and as an ensemble (about 10 minutes with bf16 units)
