@@ -6,7 +6,7 @@ that is the same on every machine (``mnistlab.models.training_flops``: 3 forward
 dense layers): TFLOP to the end and to the first epoch whose validation accuracy (the held-out split that
 chooses the checkpoint, never the test set) reaches 99.5% and 99.6%, and the share of this machine's
 float32 matmul peak the training ran at (issue 16: ≥ 99.6% within ≤ 5 TFLOP at ≥ 50% of peak).
-Fashion-MNIST runs with the preset's own settings for it (the Adam CNN at width 24, no augmentation,
+Fashion-MNIST runs with the preset's own settings for it (width 24, no augmentation,
 7 epochs: ``mnistlab.config.DATASET_PRESETS``). Heavy (about 5 minutes on 2 cores with bf16 units): run
 with ``python -m benchmarks best`` or ``make bench-best``.
 """
