@@ -111,6 +111,8 @@ def test_muon_steps_hidden_kernels_by_muon_and_the_rest_by_adamw(data) -> None:
     assert trainer.base_lrs == [0.05, 0.05 * MUON_ADAM_LR_RATIO]
     assert set(opt.state[kernels[0]]) == {"momentum_buffer"}
     assert set(opt.state[model[-1].weight]) == {"step", "exp_avg", "exp_avg_sq"}
+    with pytest.raises(ConfigError, match="matrices and kernels only"):
+        Muon(model.parameters())  # every parameter as Muon's, biases and norms too
     # one Muon step moves a kernel by about lr * sqrt(max(1, out/in)) * its orthogonalised direction
     w = kernels[1].detach().clone()
     kernels[1].grad = torch.randn_like(w)

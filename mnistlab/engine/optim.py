@@ -99,6 +99,9 @@ class Muon(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "ns_steps": ns_steps, "betas": betas, "eps": eps,
                     "weight_decay": weight_decay, "muon": True, "fused": fused}  # fmt: skip
         super().__init__(params, defaults)
+        if any(p.ndim < 2 for g in self.param_groups if g["muon"] for p in g["params"]):
+            raise ConfigError("Muon steps matrices and kernels only: put biases and norms in a group with "
+                              "muon=False (mnistlab.engine.optim.muon_groups does)")  # fmt: skip
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
