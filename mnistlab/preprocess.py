@@ -346,11 +346,11 @@ def _gray_pixels(im: Image.Image, where: str) -> np.ndarray:
     A JPEG's luma decoded into the page this thread keeps (:func:`_decode_target`) is read where it lies.
     Other pixels reach NumPy by a paste into an image whose memory is a NumPy array (a plain copy): a gray
     picture into that page, rows :data:`PAGE_WIDTH` bytes apart, made once (no ``frombuffer``, no
-    allocation, no page faults per picture; the page stays in the cache); an opaque RGBA picture (a web page's canvas) into a buffer of its size, its alpha
-    checked in one pass and its luma by OpenCV (the same ITU-R 601 weights as Pillow's ``L``, rounded
-    within one level of it; gray pixels exactly equal): a third of the time of Pillow's alpha band,
-    extrema and conversion. Anything else, or a way first found not to share the memory: flattened
-    and copied as :mod:`mnistlab.imaging` does.
+    allocation, no page faults per picture; the page stays in the cache); an opaque RGBA picture (a web
+    page's canvas) into a buffer of its size, its alpha checked in one pass and its luma by OpenCV (the
+    same ITU-R 601 weights as Pillow's ``L``, rounded within one level of it; gray pixels exactly equal):
+    a third of the time of Pillow's alpha band, extrema and conversion. Anything else, or a way first
+    found not to share the memory: flattened and copied as :mod:`mnistlab.imaging` does.
     """
     mode, (w, h) = im.mode, im.size
     if mode == "L" and w <= PAGE_WIDTH and h <= PAGE_HEIGHT:
