@@ -100,6 +100,27 @@ def test_lean_bf16_gradients_are_as_accurate_as_autocast(batch, normalize) -> No
         assert err < max(2 * ref_err, 1e-3) and err < 3e-2, (err, ref_err)
 
 
+@pytest.mark.parametrize("normalize", [None, [0.1307, 0.3081]])
+def test_staged_bf16_batches_give_the_same_bits_as_raw_ones(batch, normalize) -> None:
+    # The loop converts the training set once (stage) and gathers bf16 batches from it; a step on such a
+    # batch must be the step on the raw float32 batch, bit for bit (resume and reproducibility rest on it).
+    x, y = batch
+    torch.manual_seed(0)
+    model = mlp(normalize=normalize)
+    lean = LeanMLP(model, 0.1, precision="bf16")
+    staged = lean.stage(x)
+    assert staged.dtype == torch.bfloat16 and staged.shape == (len(x), 784)
+    if normalize:  # standardized before the rounding, as autocast feeds the first layer
+        assert torch.equal(staged, model[0](x).reshape(len(x), -1).bfloat16())
+    idx = torch.tensor([5, 17, 3, 250, 42])
+    runs = []
+    for xb, was_staged in ((x[idx], False), (staged[idx], True)):
+        logits, loss = lean.step(xb, y[idx], staged=was_staged)
+        runs.append([logits.clone(), loss.clone(), *(p.grad.clone() for p in model.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    assert LeanMLP(model, 0.1).stage(x) is x  # fp32 reads the batches as they are
+
+
 def _adam_pair(**kw: object) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
     import copy
 
@@ -148,3 +169,27 @@ def test_direct_adam_steps_aside_for_anything_else() -> None:
     update()  # the first step creates the state through step()
     update()
     assert len(calls) == 2
+
+
+def test_the_loop_stages_the_training_set_once_without_changing_a_bit(monkeypatch) -> None:
+    from mnistlab.engine import steps
+
+    (x, y), _ = mnist.load_data()
+    staged_shapes: list[tuple[torch.dtype, tuple[int, ...]]] = []
+    original = steps.LeanStep.stage
+
+    def recording(self: steps.LeanStep, data: torch.Tensor) -> torch.Tensor:
+        out = original(self, data)
+        staged_shapes.append((out.dtype, tuple(out.shape)))
+        return out
+
+    def weights(stage: object) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(steps.LeanStep, "stage", stage)
+        torch.manual_seed(0)
+        trainer = Trainer(mlp(normalize=[0.1307, 0.3081]), "adam", 1e-2, precision="bf16", seed=0, verbose=0)
+        trainer.fit(x[:3000], y[:3000], batch_size=256, epochs=2)
+        return trainer.model.state_dict()
+
+    staged, per_batch = weights(recording), weights(lambda self, data: data)
+    assert staged_shapes == [(torch.bfloat16, (3000, 784))]  # once per fit, not per epoch or batch
+    assert all(torch.equal(staged[k], per_batch[k]) for k in staged)

@@ -200,6 +200,10 @@ class Trainer:
             return self.history  # resumed a finished run: nothing to do
         step = steps.choose(self.model, self.optimizer, self.loss_fn, self.device, self.precision,
                             self.channels_last, self.dist, self.lean)  # fmt: skip
+        if isinstance(step, steps.LeanStep) and self.augment is None and data.x is not None:
+            t0 = time.perf_counter()
+            data.x = step.stage(data.x)  # bf16: the training set converted once, not every batch
+            self.state.train_time += time.perf_counter() - t0  # training time: it stands for a per-batch cast
         self.model.train()
         self.callbacks, logs = cbs, {}
         try:
@@ -286,9 +290,11 @@ class Trainer:
             for group, base in groups:
                 group["lr"] = base * factor
             logits, loss_sum = step(xb, yb)
+            # max(1).indices is argmax(1) (the first maximum); on the lean step's transposed (classes-major)
+            # logits it is ~10x faster (argmax walks the strided rows one by one)
             with torch.no_grad():
                 sums += torch.stack(
-                    (loss_sum.to(sums.dtype), (logits.argmax(1) == yb).sum().to(sums.dtype),
+                    (loss_sum.to(sums.dtype), (logits.max(1).indices == yb).sum().to(sums.dtype),
                      torch.tensor(float(len(yb)), dtype=sums.dtype, device=sums.device))
                 )  # fmt: skip
             st.global_step += 1

@@ -34,9 +34,20 @@ class LeanStep:
         self.lean = LeanMLP(model, smoothing, precision)
         self.optimizer = optimizer
         self.update = updater(optimizer)  # the fused Adam kernel without Optimizer.step's wrapping
+        self.staged = False
+
+    def stage(self, x: torch.Tensor) -> torch.Tensor:
+        """The training images converted once as the step reads them (bf16: see ``LeanMLP.stage``).
+
+        After this, ``step`` takes batches gathered from the result. The loop calls it only where the
+        batches reach the step unchanged (no augmentation).
+        """
+        staged = self.lean.stage(x)
+        self.staged = staged is not x
+        return staged
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, loss = self.lean.step(xb, yb)
+        logits, loss = self.lean.step(xb, yb, staged=self.staged)
         self.update()
         return logits, loss.to(_acc(loss)) * len(yb)
 
