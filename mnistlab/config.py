@@ -571,16 +571,21 @@ PRESETS: dict[str, dict] = {
     # The lesson, exactly: Flatten → Dense 128 relu → Dense 10, Adam 1e-3, batch 32, 5 epochs.
     # It keeps the lesson's validation on the test set (val_split=0).
     "lesson": dict(model="mlp", epochs=5, batch_size=32, optimizer="adam", lr=1e-3, schedule="constant", val_split=0),
-    # Same MLP; standardised input, larger batch, a one-cycle schedule and label smoothing reach ≥ 97.8%
-    # in 3 epochs on the 55,000 images left after the validation split (seeds 0-2: 97.94%, 97.94%, 97.97%;
-    # batch 384 at 1.5e-2, tuned before the split, gave 97.88/97.75/97.82%, and bf16 97.76/97.73/97.94%).
+    # Same MLP; standardised input, batch 1024, a one-cycle schedule and label smoothing: ≥ 97.8% in 6 epochs
+    # on the 55,000 images left after the validation split, in bf16 where the CPU has bf16 units (the hand-
+    # written step's two large products on AMX / AVX512-BF16) and fp32 elsewhere. Chosen on validation
+    # accuracy among batch 768-1024, lr 2e-2 to 4e-2, 5-6 epochs (session 8, seeds 0-4 in bf16: last-epoch
+    # validation 98.38/98.40/98.36/98.30/98.20%, test 97.92/98.03/98.02/98.04/97.93%; fp32 seeds 0-2 test
+    # 98.02/98.11/98.07%). Batch 256 with lr 1e-2 for 3 epochs (the preset before) gave 97.96/97.86/97.99%
+    # at ~27% of the fp32 matmul peak; batch 1024 in bf16 runs at ~75% of it.
     "fast": dict(
         model="mlp",
         normalize=True,
-        epochs=3,
-        batch_size=256,
+        precision="auto",
+        epochs=6,
+        batch_size=1024,
         optimizer="adam",
-        lr=1e-2,
+        lr=3e-2,
         schedule="onecycle",
         label_smoothing=0.1,
         val_split=5000,  # the best checkpoint is chosen on 5,000 held-out training images, never the test set

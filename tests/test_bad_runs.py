@@ -96,7 +96,7 @@ def edit_header(file: Path, old: str, new: str) -> None:
 HEADER_EDITS = {
     "class names 3 and 8 swapped": ('"3", "4", "5", "6", "7", "8"', '"8", "4", "5", "6", "7", "3"'),
     "epoch 1 -> 0": ('"epoch": 1, "epoch_done"', '"epoch": 0, "epoch_done"'),
-    "learning rate": ('"lr": 0.01', '"lr": 0.011'),
+    "learning rate": ('"lr": 0.03', '"lr": 0.031'),
     "version 2 -> 1": ('"version": 2', '"version": 1'),
 }
 

@@ -145,13 +145,13 @@ def test_resume_may_change_only_where_and_how_long() -> None:
     assert set(resumable()) == {"epochs", "device", "threads", "save_every", "data_dir", "tensorboard"}
     saved = from_preset("fast")
     assert resume_changes(saved, saved.replace(epochs=9, threads=2)) == {}
-    assert resume_changes(saved, saved.replace(lr=0.1, val_split=0)) == {"lr": (0.01, 0.1), "val_split": (5000, 0)}
+    assert resume_changes(saved, saved.replace(lr=0.1, val_split=0)) == {"lr": (0.03, 0.1), "val_split": (5000, 0)}
     # A config saved before a setting existed had its default.
     old = {k: v for k, v in TrainConfig().to_dict().items() if k != "early_stopping"}
     assert resume_changes(old, TrainConfig()) == {}
     assert resume_changes(old, TrainConfig(early_stopping=2)) == {"early_stopping": (0, 2)}
     assert merge_resume(saved, {"epochs": 6, "lr": None}).epochs == 6
-    with pytest.raises(ConfigError, match=r"cannot change lr when resuming \(--lr: saved 0.01, given 0.1\); only --"):
+    with pytest.raises(ConfigError, match=r"cannot change lr when resuming \(--lr: saved 0.03, given 0.1\); only --"):
         merge_resume(saved, {"lr": 0.1})
     with pytest.raises(ConfigError, match="unknown setting 'colour'"):
         merge_resume(saved, {"colour": "red"})

@@ -169,7 +169,10 @@ def test_fashion_run_uses_clothes_preprocessing(tmp_path) -> None:
     data = shared_dataset("fashion-mnist")
     run = tmp_path / "fashion"
     train_run(
-        from_preset("fast", dataset="fashion_mnist", data_dir=str(data), epochs=1, limit_train=10000), run, verbose=0
+        # batch 256: the preset's 1024 gives 1 epoch of 10,000 images only 10 steps
+        from_preset("fast", dataset="fashion_mnist", data_dir=str(data), epochs=1, limit_train=10000, batch_size=256),
+        run,
+        verbose=0,
     )
     predictor = Predictor(run)
     assert predictor.kind == "fashion" and predictor.class_names[9] == "Ankle boot"
