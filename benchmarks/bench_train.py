@@ -4,11 +4,13 @@
 - ``fast`` preset: test accuracy and training time (target ≥ 97.8% in ≤ 1.5 s; stretch ≤ 1.0 s), and its
   speed-up over the plain loop with the lesson's settings (target ≥ 6x), and over Keras when TensorFlow
   is installed (target ≥ 18x).
-- the fast preset with ``--precision bf16`` (the two large products of the hand-written step in
-  bfloat16: faster where the CPU has bf16 units, as here; slower on CPUs without them, hence opt-in);
+- the fast preset's precision is ``auto``: bf16 (the hand-written step's two large products in bfloat16)
+  where the CPU has bf16 units, fp32 elsewhere; it runs again with ``--precision fp32``, what a CPU without
+  bf16 units gets (on one without them the two rows are the same setting);
 - the fast preset again with ``lean=False`` (autograd instead of the hand-written MLP step), to show
   what that step buys.
-- GFLOP/s of the fast preset against this machine's measured float32 matmul peak.
+- GFLOP/s of the fast preset against this machine's measured float32 matmul peak (issue 16: ≥ 60%), and
+  of the step's matrix products alone, the ceiling for any step of this model.
 Medians of 3 runs (seeds 0, 1, 2). Training time excludes evaluation and start-up, for every contender.
 """
 
@@ -110,8 +112,8 @@ def main() -> None:
     lesson = [engine_run("lesson", s) for s in range(REPEAT)]
     fast = [engine_run("fast", s) for s in range(REPEAT)]
     fast_autograd = [engine_run("fast", s, lean=False) for s in range(REPEAT)]
-    fast_bf16 = [engine_run("fast", s, precision="bf16") for s in range(REPEAT)]
-    auto = Trainer(torch.nn.Linear(1, 1), device="cpu", precision="auto", verbose=0)
+    fast_fp32 = [engine_run("fast", s, precision="fp32") for s in range(REPEAT)]
+    auto = Trainer(torch.nn.Linear(1, 1), device="cpu", precision="auto", verbose=0).precision
     keras = [r for r in (keras_lesson(s) for s in range(REPEAT)) if r is not None]
     med = lambda rows, i: statistics.median(r[i] for r in rows)  # noqa: E731
     p_t, p_a = med(plain, 0), med(plain, 1)
@@ -120,11 +122,11 @@ def main() -> None:
     rows = [
         ["plain PyTorch loop, lesson settings", p_t, p_a, "1.0x"],
         ["mnistlab --preset lesson", l_t, l_a, f"{l_t / p_t:.2f}x the plain loop's time (target ≤ 1.1x)"],
-        ["mnistlab --preset fast", f_t, f_a, f"{p_t / f_t:.1f}x faster than the plain loop (target ≥ 6x)"],
+        [f"mnistlab --preset fast ({auto} here)", f_t, f_a, f"{p_t / f_t:.1f}x faster than the plain loop (target ≥ 6x)"],
         ["  the same through autograd (lean=False)", med(fast_autograd, 0), med(fast_autograd, 1),
          f"the hand-written step is {med(fast_autograd, 0) / f_t:.2f}x faster"],
-        ["mnistlab --preset fast --precision bf16", med(fast_bf16, 0), med(fast_bf16, 1),
-         f"{p_t / med(fast_bf16, 0):.1f}x faster than the plain loop; auto would pick {auto.precision} here"],
+        ["mnistlab --preset fast --precision fp32", med(fast_fp32, 0), med(fast_fp32, 1),
+         f"{p_t / med(fast_fp32, 0):.1f}x faster than the plain loop (a CPU without bf16 units trains so)"],
     ]  # fmt: skip
     if keras:
         k_t, k_a = med(keras, 0), med(keras, 1)
@@ -135,35 +137,42 @@ def main() -> None:
         rows.append(["Keras", "-", "-", "TensorFlow not installed: not measured"])
     print(table(rows, ["MNIST MLP, median of 3 seeds", "train s", "test acc", "ratio"]))
     print("fast preset per seed: " + ", ".join(f"{t:.2f}s/{a:.4f}" for t, a, _ in fast))
-    print("fast preset, bf16, per seed: " + ", ".join(f"{t:.2f}s/{a:.4f}" for t, a, _ in fast_bf16))
-    print(f"fast preset: ≥ 97.8% {'met' if f_a >= 0.978 else 'MISSED'}; ≤ 1.5 s {'met' if f_t <= 1.5 else 'MISSED'}"
-          f"; stretch ≤ 1.0 s {'met' if f_t <= 1.0 else 'missed'}")  # fmt: skip
-    b_t, b_a = med(fast_bf16, 0), med(fast_bf16, 1)
-    print(f"fast preset with --precision bf16: ≥ 97.8% {'met' if b_a >= 0.978 else 'MISSED'}; "
-          f"stretch ≤ 1.0 s {'met' if b_t <= 1.0 else 'missed'}")  # fmt: skip
+    print("fast preset, fp32, per seed: " + ", ".join(f"{t:.2f}s/{a:.4f}" for t, a, _ in fast_fp32))
+    every = min(a for _, a, _ in fast)
+    print(f"fast preset: every seed ≥ 97.8% {'met' if every >= 0.978 else 'MISSED'} (worst {every:.2%}); "
+          f"≤ 1.5 s {'met' if f_t <= 1.5 else 'MISSED'}; stretch ≤ 1.0 s {'met' if f_t <= 1.0 else 'missed'}")  # fmt: skip
     n_train = 60000 - from_preset("fast").validation_count(60000)
     flops = STEP_FLOPS_PER_IMAGE * n_train * fast[0][2]
     peak = matmul_peak()
-    print(f"fast preset: {flops / f_t / 1e9:.1f} GFLOP/s achieved; float32 matmul peak here {peak:.0f} GFLOP/s "
-          f"({flops / f_t / 1e9 / peak:.0%} of peak)")  # fmt: skip
-    ceiling = step_matmuls(from_preset("fast").batch_size)
-    print(f"  the step's matrix products alone at batch {from_preset('fast').batch_size}: {ceiling:.0f} GFLOP/s "
-          f"({ceiling / peak:.0%} of peak, the ceiling for any step of this model); the step's other work is "
-          f"{1 - flops / f_t / 1e9 / ceiling:.0%} of its time")  # fmt: skip
+    batch = from_preset("fast").batch_size
+    for name, t, precision in (
+        (f"fast preset ({auto})", f_t, auto),
+        ("fast --precision fp32", med(fast_fp32, 0), "fp32"),
+    ):
+        ceiling = step_matmuls(batch, precision)
+        print(f"{name}: {flops / t / 1e9:.1f} GFLOP/s achieved, {flops / t / 1e9 / peak:.0%} of the float32 matmul "
+              f"peak here ({peak:.0f} GFLOP/s; target ≥ 60%); the step's matrix products alone at batch {batch}: "
+              f"{ceiling:.0f} GFLOP/s ({ceiling / peak:.0%}), so the rest of the step is "
+              f"{1 - flops / t / 1e9 / ceiling:.0%} of its time")  # fmt: skip
 
 
-def step_matmuls(batch: int) -> float:
-    """GFLOP/s of the MLP step's six matrix products alone (forward, weight gradients, hidden gradient)."""
-    x, w1, w2 = torch.rand(batch, 784), torch.randn(128, 784), torch.randn(10, 128)
-    h, dz, dh = torch.rand(batch, 128), torch.rand(batch, 10), torch.rand(batch, 128)
+def step_matmuls(batch: int, precision: str = "fp32") -> float:
+    """GFLOP/s of the MLP step's matrix products alone (forward, weight gradients, hidden gradient), the
+    first layer's two in bfloat16 for ``precision="bf16"`` as the hand-written step runs them."""
+    low = torch.bfloat16 if precision == "bf16" else torch.float32
+    x, w1, w2 = torch.rand(batch, 784).to(low), torch.randn(128, 784), torch.randn(10, 128)
+    h, dz, dh = torch.rand(batch, 128), torch.rand(10, batch), torch.rand(batch, 128)
     g1, g2 = torch.empty(128, 784), torch.empty(10, 128)
 
     def products() -> None:
-        torch.mm(x, w1.t())
-        torch.mm(h, w2.t())
-        torch.mm(dz.t(), h, out=g2)
-        torch.mm(dz, w2)
-        torch.mm(x.t(), dh, out=g1.t())
+        torch.mm(x, w1.to(low).t())
+        torch.mm(w2, h.t())
+        torch.mm(dz, h, out=g2)
+        torch.mm(dz.t(), w2)
+        if low is torch.float32:
+            torch.mm(x.t(), dh, out=g1.t())
+        else:
+            g1.copy_(torch.mm(dh.to(low).t(), x))
 
     products()
     best = float("inf")
