@@ -577,7 +577,7 @@ PRESETS: dict[str, dict] = {
     # accuracy among batch 768-1024, lr 2e-2 to 4e-2, 5-6 epochs (session 8, seeds 0-4 in bf16: last-epoch
     # validation 98.38/98.40/98.36/98.30/98.20%, test 97.92/98.03/98.02/98.04/97.93%; fp32 seeds 0-2 test
     # 98.02/98.11/98.07%). Batch 256 with lr 1e-2 for 3 epochs (the preset before) gave 97.96/97.86/97.99%
-    # at ~27% of the fp32 matmul peak; batch 1024 in bf16 runs at ~75% of it.
+    # at ~27% of the fp32 matmul peak; batch 1024 runs at 66-71% of it in bf16 (45% in fp32), `make bench` here.
     "fast": dict(
         model="mlp",
         normalize=True,
