@@ -14,6 +14,7 @@ All three return a ``subprocess.CompletedProcess`` (``returncode`` is ``-N`` for
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import logging
 import multiprocessing
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -221,6 +223,38 @@ def run_cli_process(
         timeout=timeout,
         input=input,
     )
+
+
+@contextlib.contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler], **attrs: object) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 for the duration of the block (``attrs`` set on the server), its URL.
+
+    Leaving the block waits for every request still being answered, so none outlives the test that made
+    it; a client that hung up (a download that timed out, gave up or was cut short on purpose) is not an
+    error here. Both matter beyond tidiness: a request thread that printed its traceback while the next
+    test ran would make CPython 3.11 build ASTs in two threads at once (the traceback's carets parse
+    source), and that can fail the other thread's ``ast.parse`` with "AST constructor recursion depth
+    mismatch" (cpython gh-106905), as it once failed tests/test_layers.py.
+    """
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = False  # so that server_close() joins the request threads
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+    srv = Server(("127.0.0.1", 0), handler)
+    for name, value in attrs.items():
+        setattr(srv, name, value)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
 
 
 def free_port() -> int:

@@ -18,7 +18,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from mnistlab.cli import main
 from mnistlab.datasets import download as dl
 from mnistlab.datasets.specs import MNIST as MNIST_SPEC
 from mnistlab.datasets.specs import PARTS
-from tests.helpers import serve_process, shared_dataset
+from tests.helpers import http_server, serve_process, shared_dataset
 
 MNIST = shared_dataset("mnist")
 FASHION = shared_dataset("fashion-mnist")
@@ -174,11 +173,8 @@ CAP = dl.max_download(dl.expected_size(MNIST_SPEC, PARTS["x_train"]))
 
 @pytest.fixture(scope="module")
 def mirror() -> Iterator[str]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with http_server(Mirror) as url:
+        yield url
 
 
 # -- the CLI table ------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from mnistlab.datasets import download as dl
 from mnistlab.datasets import load
 from mnistlab.datasets.specs import FASHION_MNIST, PARTS
 from mnistlab.errors import DownloadError
-from tests.helpers import run_cli
+from tests.helpers import http_server, run_cli
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -43,16 +42,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server(fashion_dir: Path, mnist_dir: Path) -> Iterator[tuple[str, list[str]]]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.sources = {"good": fashion_dir, "truncated": fashion_dir, "wrong": mnist_dir}  # type: ignore[attr-defined]
-    srv.hits = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}", srv.hits  # type: ignore[attr-defined]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    hits: list[str] = []
+    sources = {"good": fashion_dir, "truncated": fashion_dir, "wrong": mnist_dir}
+    with http_server(Handler, sources=sources, hits=hits) as url:
+        yield url, hits
 
 
 @pytest.fixture
@@ -122,3 +115,27 @@ def test_cli_download_with_env_mirrors_and_failure(server, home: Path, no_system
     ok = run_cli("data", "download", "fashion_mnist", env={**env, "MNISTLAB_MIRRORS": f"{base}/missing,{base}/good"})
     assert ok.returncode == 0, ok.stderr
     assert "files verified" in ok.stdout
+
+
+def test_the_test_server_leaves_no_request_running(capfd: pytest.CaptureFixture) -> None:
+    # A request thread that outlived its test once printed a client's hang-up while the next test parsed
+    # source, which CPython 3.11 cannot do in two threads at once (see tests.helpers.http_server).
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            time.sleep(0.5)
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    import socket
+    import threading
+
+    with http_server(Slow) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"GET /slow HTTP/1.0\r\n\r\n")  # and hang up before the answer
+        time.sleep(0.1)
+        assert any(t.name.endswith("(process_request_thread)") for t in threading.enumerate())
+    assert not any(t.name.endswith("(process_request_thread)") for t in threading.enumerate())
+    assert capfd.readouterr().err == ""
