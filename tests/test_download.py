@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.server
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,9 +129,6 @@ def test_the_test_server_leaves_no_request_running(capfd: pytest.CaptureFixture)
 
         def log_message(self, *args: object) -> None:
             pass
-
-    import socket
-    import threading
 
     def requests() -> list[threading.Thread]:  # this server's (the module's server may still answer one)
         return [t for t in threading.enumerate() if t.name.endswith("(process_request_thread)") and t not in before]
